@@ -148,6 +148,13 @@ class capture(Messenger):
             self.uses_prng_key = True
             if msg.get("value") is None:
                 self.rng_key, msg["value"] = jax.random.split(self.rng_key)
+        elif kind == "plate":
+            size, subsample_size = msg["args"][:2]
+            if subsample_size is not None and subsample_size != size:
+                raise ModelError(
+                    f"plate {name!r} is subsampled ({subsample_size} of {size}); estimators need "
+                    "the whole plate (drop subsample_size)"
+                )
         elif kind == "control_flow":
             raise ModelError(
                 f"site {name!r} is a numpyro control-flow primitive (scan/cond); capture does "

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ._capture import ModelArgs, OutputSite, capture, _return_outputs
+from ._capture import ModelArgs, OutputSite, _return_outputs, capture
 from ._cost import compile_with_cost
 from ._errors import ModelError
 from ._intervals import bernoulli_interval, normal_interval

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``ppl-mech bench NAME``; each module has ``main(argv) -> int``."""
