@@ -7,6 +7,7 @@ handler for another is the whole comparison.
 from ppl_mech._capture import capture as capture
 
 from ._estimator import Estimator as Estimator
+from ._mechanize import mechanize as mechanize
 from ._sample import sample as sample
 
-__all__ = ["Estimator", "capture", "sample"]
+__all__ = ["Estimator", "capture", "mechanize", "sample"]

@@ -73,3 +73,12 @@ def _sample(model, variant, options: MethodOptions):
         sites=options.sites,
         progress_bar=options.progress_bar,
     )
+
+
+@register_method("mechanize", ("gaussian", "diagonal", "mean"), "message propagation, no sampling")
+def _mechanize(model, variant, options: MethodOptions):
+    from ppl_mech.handlers import mechanize
+
+    return mechanize(
+        model, family=variant, sites=options.sites, rng_key=jax.random.PRNGKey(options.seed)
+    )

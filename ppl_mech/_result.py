@@ -62,6 +62,7 @@ class SiteResult:
         method: the estimator's name, e.g. ``"sample"`` or ``"mechanize[gaussian]"``.
         diagnostics: estimator-specific extras (draws, log-weights, ESS, ...).
         is_probability: whether ``value`` is a probability (boolean site).
+        notes: the approximations the method made (e.g. an independence presumption).
     """
 
     value: Any
@@ -71,6 +72,7 @@ class SiteResult:
     cost: Cost = dataclasses.field(default=Cost(), metadata=dict(static=True))
     method: str = dataclasses.field(default="", metadata=dict(static=True))
     is_probability: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    notes: tuple[str, ...] = dataclasses.field(default=(), metadata=dict(static=True))
 
     @property
     def relative_stderr(self) -> Any:

@@ -28,8 +28,8 @@ def site_rows(name: str, result, max_units: int) -> list[list[str]]:
     scalar = np.ndim(result.value) == 0
     rows = []
     for i in range(min(value.size, max_units)):
-        label = name if scalar else f"{name}[{np.unravel_index(i, np.shape(result.value))}]"
-        label = label.replace("(", "").replace(",)", "").replace(")", "")
+        index = ",".join(str(int(j)) for j in np.unravel_index(i, np.shape(result.value)))
+        label = name if scalar else f"{name}[{index}]"
         rows.append([
             label, format_number(value[i]), format_number(stderr[i]),
             f"[{format_number(lo[i])}, {format_number(hi[i])}]",

@@ -11,5 +11,8 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 @pytest.fixture
 def x64():
     """Run a test in float64 (exact-maths checks use tight tolerances)."""
-    with jax.experimental.enable_x64():
+    enable = getattr(jax, "enable_x64", None)
+    if enable is None:  # older jax
+        from jax.experimental import enable_x64 as enable
+    with enable(True):
         yield

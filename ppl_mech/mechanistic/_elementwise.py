@@ -1,0 +1,264 @@
+"""Elementwise nonlinearities: fuse the chain, then integrate it against the Gaussian.
+
+An elementwise op on a random value does not produce a message at once: it
+produces a *lazy* handle ``f(base)``, and further elementwise ops on values of
+the same base compose into ``f``. (``gelu`` traces to a dozen tanh/pow/mul ops
+on one input; moment-matching after each would compound errors; fused, it is
+one scalar function.) The lazy handle is *forced* into a Gaussian message only
+when something non-elementwise consumes it (a matmul, a reduction, an output):
+
+* affine chains: exact (the linear rule);
+* ``pre-affine -> relu | exp | square -> post-affine``: closed forms
+  (ReLU mean/variance/bivariate covariance; lognormal; Isserlis);
+* anything else: Gauss–Hermite quadrature for means, variances and the Stein
+  coefficient ``E[f'(x)]``, and the Hermite (Mehler) series for covariances:
+  ``Cov(f(x_i), f(x_j)) = sum_{k=1..K} c_k(i) c_k(j) rho_ij^k`` with
+  orthonormal Hermite coefficients ``c_k``; the diagonal is the exact
+  quadrature variance, and the truncation error of each entry is at most
+  ``sqrt(T_i T_j) |rho_ij|^(K+1)`` with ``T_i = Var_i - sum_k c_k(i)^2``
+  (reported as ``diagnostics['mehler_truncation_bound']``).
+
+Cross-covariances with every other live value follow from Stein's lemma,
+``Cov(f(x_i), u) = E[f'(x_i)] Cov(x_i, u)``, exact for jointly Gaussian inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._linear import affine_image
+from ._state import Handle, State, variance_of
+
+GAUSS_HERMITE_DEGREE = 64
+MEHLER_ORDER = 16
+
+ELEMENTWISE = {
+    "add", "sub", "mul", "div", "neg", "max", "min", "exp", "exp2", "log", "log1p", "expm1",
+    "tanh", "logistic", "erf", "erfc", "erf_inv", "sin", "cos", "tan", "atan", "sinh", "cosh",
+    "asinh", "acosh", "atanh", "abs", "sign", "sqrt", "rsqrt", "cbrt", "integer_pow", "pow",
+    "square", "convert_element_type", "select_n", "add_any", "copy", "copy_p", "reduce_precision",
+    "clamp", "nextafter", "floor", "ceil", "round", "is_finite", "rem",
+}
+CLOSED_FORMS = ("relu", "exp", "square")
+
+
+def gauss_hermite_rule(degree: int, dtype) -> tuple[jax.Array, jax.Array]:
+    """Nodes and weights for E[g(Z)], Z ~ N(0, 1)."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(degree)
+    return jnp.asarray(nodes, dtype), jnp.asarray(weights / math.sqrt(2 * math.pi), dtype)
+
+
+def is_elementwise(eqn) -> bool:
+    if eqn.primitive.name not in ELEMENTWISE:
+        return False
+    shape = eqn.outvars[0].aval.shape
+    return all(getattr(v.aval, "shape", ()) in (shape, ()) for v in eqn.invars)
+
+
+def _identity(z):
+    return z
+
+
+def _affine_of(fn: Callable, shape, dtype) -> tuple[jax.Array, jax.Array]:
+    b = fn(jnp.zeros(shape, dtype))
+    return fn(jnp.ones(shape, dtype)) - b, b
+
+
+def compose(eqn, values: list, operands: dict[int, Handle], base: Handle, where: str) -> Handle:
+    """The lazy handle of an elementwise ``eqn`` whose random operands share ``base``."""
+    from ._linear import ELEMENTWISE_AFFINE, bind_with
+
+    positions = sorted(operands)
+    parts = [operands[i].data["fn"] if operands[i].kind == "lazy" else _identity for i in positions]
+    structures = [
+        operands[i].data["structure"] if operands[i].kind == "lazy" else ("affine",)
+        for i in positions
+    ]
+    step = bind_with(eqn, values, positions)
+
+    def fn(z):
+        return step(*[p(z) for p in parts])
+
+    name = eqn.primitive.name
+    shape, dtype = base.shape, base.data["mean"].dtype
+    affine_step = name in ELEMENTWISE_AFFINE and not (
+        name in ("mul", "div") and len(positions) > 1
+    ) and not (name == "div" and positions != [0])
+    structure: tuple = ("generic",)
+    if affine_step and all(s[0] == "affine" for s in structures):
+        structure = ("affine",)
+    elif len(positions) == 1 and structures[0][0] == "affine":
+        op = _closed_form(eqn, values, positions[0])
+        if op is not None:
+            kind, shift, post = op
+            pre = parts[0]
+            structure = ("closed", lambda z: pre(z) - shift, kind, post)
+    elif (
+        len(positions) == 1 and structures[0][0] == "closed" and affine_step
+    ):
+        _, pre, kind, post = structures[0]
+        structure = ("closed", pre, kind, lambda y, post=post: step(post(y)))
+    elif (
+        name == "mul" and len(positions) == 2 and all(s[0] == "affine" for s in structures)
+        and operands[positions[0]] is operands[positions[1]]
+    ):
+        structure = ("closed", parts[0], "square", _identity)
+    del shape, dtype
+    return Handle(
+        eqn.outvars[0].aval.shape, eqn.outvars[0].aval.dtype, "lazy",
+        {"base": base, "fn": fn, "structure": structure}, where,
+    )
+
+
+def _closed_form(eqn, values, position):
+    """``(kind, shift, post)`` if ``eqn`` is ``post(kind(x - shift))``, else ``None``."""
+    name = eqn.primitive.name
+    other = [v for i, v in enumerate(values) if i != position]
+    if name == "max" and len(other) == 1:  # max(x, c) = relu(x - c) + c
+        c = jnp.asarray(other[0])
+        return "relu", c, lambda y, c=c: y + c
+    if name == "min" and len(other) == 1:  # min(x, c) = c - relu(c - x) -> not of the form; skip
+        return None
+    if name == "exp":
+        return "exp", 0.0, _identity
+    if name == "integer_pow" and eqn.params.get("y") == 2 or name == "square":
+        return "square", 0.0, _identity
+    return None
+
+
+def force(state: State, h: Handle) -> Handle:
+    """Materialize a lazy handle in place as a ``moments`` handle."""
+    if h.kind != "lazy":
+        return h
+    base, fn, structure = h.data["base"], h.data["fn"], h.data["structure"]
+    mean = base.data["mean"]
+    if structure[0] == "affine":
+        a, _ = _affine_of(fn, base.shape, mean.dtype)
+        new = affine_image(state, fn, [base], h.origin, lambda v: jnp.square(a) * v)
+    elif state.family == "mean":
+        new = Handle(h.shape, mean.dtype, "moments", {"mean": fn(mean)}, h.origin)
+    elif structure[0] == "closed":
+        new = _closed(state, base, structure, h.origin)
+    else:
+        new = _quadrature(state, base, fn, h.origin)
+    h.kind, h.data, h.dtype = "moments", new.data, new.dtype
+    if state.family == "gaussian":
+        for key in [k for k in state.cov if new.id in k]:
+            block = state.cov.pop(key)
+            a, b = key
+            state.cov[(h.id if a == new.id else a, h.id if b == new.id else b)] = block
+        state.active.pop(new.id, None)
+        state.activate(h)
+    return h
+
+
+def _stein_cross(state: State, base: Handle, new: Handle, coefficient) -> None:
+    coef = jnp.reshape(coefficient, (-1, 1))
+    for u in list(state.active.values()):
+        if u is not new:
+            state.set_cov(new, u, coef * state.get_cov(base, u))
+    if base.id not in state.active:
+        state.set_cov(new, base, coef * state.get_cov(base, base))
+
+
+def _closed(state: State, base: Handle, structure, origin: str) -> Handle:
+    from ppl_mech.rules.relu import relu_covariance, relu_moments
+
+    _, pre, kind, post = structure
+    mean0 = base.data["mean"]
+    a, b = _affine_of(pre, base.shape, mean0.dtype)
+    m = a * mean0 + b
+    pa, pb = _affine_of(post, base.shape, mean0.dtype)
+    af, paf = jnp.reshape(a, (-1,)), jnp.reshape(pa, (-1,))
+    if state.family == "gaussian":
+        cov = af[:, None] * state.get_cov(base, base) * af[None, :]
+        var = jnp.reshape(jnp.diagonal(cov), base.shape)
+        std = jnp.sqrt(jnp.maximum(var, 0))
+        if kind == "relu":
+            out_mean, out_cov = relu_covariance(jnp.reshape(m, (-1,)), cov)
+            out_mean = jnp.reshape(out_mean, base.shape)
+            safe = jnp.where(std > 0, std, 1.0)
+            stein = jnp.where(std > 0, jax.scipy.special.ndtr(m / safe), (m > 0).astype(m.dtype))
+        elif kind == "exp":
+            out_mean = jnp.exp(m + var / 2)
+            mf = jnp.reshape(out_mean, (-1,))
+            out_cov = mf[:, None] * mf[None, :] * jnp.expm1(cov)
+            stein = out_mean
+        else:  # square
+            mf = jnp.reshape(m, (-1,))
+            out_mean = jnp.square(m) + var
+            out_cov = 2 * jnp.square(cov) + 4 * mf[:, None] * mf[None, :] * cov
+            stein = 2 * m
+        new = Handle(base.shape, mean0.dtype, "moments", {"mean": pa * out_mean + pb}, origin)
+        _stein_cross(state, base, new, pa * stein * a)
+        state.set_cov(new, new, paf[:, None] * out_cov * paf[None, :])
+        return new
+    var = jnp.square(a) * variance_of(state, base)
+    if kind == "relu":
+        out_mean, out_var = relu_moments(m, var)
+    elif kind == "exp":
+        out_mean = jnp.exp(m + var / 2)
+        out_var = jnp.expm1(var) * jnp.square(out_mean)
+    else:
+        out_mean = jnp.square(m) + var
+        out_var = 2 * jnp.square(var) + 4 * jnp.square(m) * var
+    return Handle(
+        base.shape, mean0.dtype, "moments",
+        {"mean": pa * out_mean + pb, "var": jnp.square(pa) * out_var}, origin,
+    )
+
+
+def hermite_coefficients(fn: Callable, mean, std, order: int, degree: int = GAUSS_HERMITE_DEGREE):
+    """Orthonormal Hermite coefficients ``c_k = E[f(m + s Z) He_k(Z)] / sqrt(k!)``, k = 0..order.
+
+    Returns an array of shape ``(order + 1,) + mean.shape``.
+    """
+    nodes, weights = gauss_hermite_rule(degree, mean.dtype)
+    values = jax.vmap(lambda z: fn(mean + std * z))(nodes)  # (Q, *shape)
+    he = [jnp.ones_like(nodes), nodes]
+    for k in range(1, order):
+        he.append(nodes * he[k] - k * he[k - 1])
+    he = jnp.stack(he[: order + 1])  # (K+1, Q)
+    norms = jnp.asarray([math.sqrt(math.factorial(k)) for k in range(order + 1)], mean.dtype)
+    return jnp.tensordot(he * weights / norms[:, None], values, axes=(1, 0))
+
+
+def _quadrature(state: State, base: Handle, fn: Callable, origin: str) -> Handle:
+    mean = base.data["mean"]
+    var = variance_of(state, base)
+    std = jnp.sqrt(jnp.maximum(var, 0))
+    nodes, weights = gauss_hermite_rule(GAUSS_HERMITE_DEGREE, mean.dtype)
+    values = jax.vmap(lambda z: fn(mean + std * z))(nodes)
+    out_mean = jnp.tensordot(weights, values, axes=1)
+    out_var = jnp.maximum(jnp.tensordot(weights, jnp.square(values), axes=1) - out_mean**2, 0)
+    new = Handle(base.shape, mean.dtype, "moments", {"mean": out_mean}, origin)
+    if state.family != "gaussian":
+        new.data["var"] = out_var
+        return new
+    coefficients = hermite_coefficients(fn, mean, std, MEHLER_ORDER)
+    safe = jnp.where(std > 0, std, 1.0)
+    derivative = jax.jvp(fn, (mean,), (jnp.ones_like(mean),))[1]
+    stein = jnp.where(std > 0, coefficients[1] / safe, derivative)
+    _stein_cross(state, base, new, stein)
+    c = jnp.reshape(coefficients[1:], (MEHLER_ORDER, -1))  # (K, n)
+    cov = state.get_cov(base, base)
+    sf = jnp.reshape(std, (-1,))
+    denom = sf[:, None] * sf[None, :]
+    rho = jnp.clip(jnp.where(denom > 0, cov / jnp.where(denom > 0, denom, 1.0), 0.0), -1.0, 1.0)
+    out_cov = jnp.zeros_like(cov)
+    power = jnp.ones_like(cov)
+    for k in range(MEHLER_ORDER):
+        power = power * rho
+        out_cov = out_cov + c[k][:, None] * c[k][None, :] * power
+    tail = jnp.maximum(jnp.reshape(out_var, (-1,)) - jnp.sum(jnp.square(c), axis=0), 0)
+    off = 1 - jnp.eye(cov.shape[0], dtype=cov.dtype)
+    bound = jnp.max(off * jnp.sqrt(tail[:, None] * tail[None, :]) * jnp.abs(power * rho))
+    state.record("mehler_truncation_bound", bound)
+    out_cov = out_cov * off + jnp.diag(jnp.reshape(out_var, (-1,)))
+    state.set_cov(new, new, out_cov)
+    return new

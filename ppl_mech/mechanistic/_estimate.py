@@ -1,0 +1,106 @@
+"""From a model to mechanistic estimates: capture, build input messages, interpret."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+
+from ppl_mech._capture import ModelArgs, capture_program
+from ppl_mech._cost import compile_with_cost, is_traced
+from ppl_mech._errors import ModelError
+from ppl_mech._result import Cost, Results, SiteResult
+
+from ._inputs import input_handle
+from ._interpreter import Interpreter
+from ._state import State
+
+FAMILIES = ("mean", "diagonal", "gaussian")
+INDEPENDENCE_NOTE = "independence presumption: units treated as independent ({family} family)"
+
+
+def propagate(model: Callable, args: Sequence, kwargs: Mapping, *, family: str,
+              sites: Sequence[str] | None, key, num_samples: int):
+    """Traceable core: ``({site: {'value', 'stderr', ...}}, notes, booleans)``."""
+    program = capture_program(model, args, kwargs)
+    if program.uses_prng_key:
+        raise ModelError(
+            "the model draws randomness with numpyro.prng_key(), which mechanize cannot see; "
+            "make it a numpyro.sample site"
+        )
+    wanted = list(program.outputs) if sites is None else list(sites)
+    jaxpr = program.make_jaxpr(wanted)
+    state = State(family)
+    if family != "gaussian":
+        state.note(INDEPENDENCE_NOTE.format(family=family))
+    inputs = [input_handle(site, state) for site in program.latents.values()]
+    interpreter = Interpreter(state, key=key, num_samples=num_samples)
+    outs = interpreter.run(jaxpr.jaxpr, jaxpr.consts, inputs, top_level=True)
+    estimates = {
+        name: interpreter.output(value, f"output site {name!r}")
+        for name, value in zip(wanted, outs, strict=True)
+    }
+    for est in estimates.values():
+        for key_, number in state.numbers.items():
+            est[key_] = number
+    booleans = {name: program.outputs[name].is_boolean for name in wanted}
+    return estimates, list(state.notes), booleans
+
+
+def mechanistic_estimate(
+    model: Callable,
+    args: Sequence = (),
+    kwargs: Mapping | None = None,
+    *,
+    family: str = "gaussian",
+    sites: Sequence[str] | None = None,
+    rng_key: jax.Array | None = None,
+    num_samples: int = 10_000,
+    level: float = 0.95,
+) -> Results:
+    """See ``handlers.mechanize``."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES} (or 'cumulant')")
+    kwargs = dict(kwargs or {})
+    key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+    layout, dynamic = ModelArgs.split(args, kwargs)
+    side: dict[str, Any] = {}
+
+    def run(dyn, key):
+        a, k = layout.merge(dyn)
+        estimates, notes, booleans = propagate(
+            model, a, k, family=family, sites=sites, key=key, num_samples=num_samples
+        )
+        side["notes"], side["booleans"] = notes, booleans
+        return estimates
+
+    if is_traced((dynamic, key)):
+        estimates, cost = run(dynamic, key), Cost()
+    else:
+        compiled, flops, compile_seconds = compile_with_cost(run, dynamic, key)
+        start = time.perf_counter()
+        estimates = jax.block_until_ready(compiled(dynamic, key))
+        cost = Cost(flops=flops, seconds=time.perf_counter() - start, evaluations=0,
+                    compile_seconds=compile_seconds)
+    z = float(scipy.stats.norm.ppf(0.5 + level / 2))
+    method = f"mechanize[{family}]"
+    results = {}
+    for name, est in estimates.items():
+        value, stderr = est["value"], est["stderr"]
+        is_probability = side["booleans"][name]
+        lo, hi = value - z * stderr, value + z * stderr
+        if is_probability:
+            lo, hi = jnp.clip(lo, 0, 1), jnp.clip(hi, 0, 1)
+        diagnostics = {k: v for k, v in est.items() if k not in ("value", "stderr")}
+        results[name] = SiteResult(value, stderr, (lo, hi), diagnostics, cost, method,
+                                   is_probability, tuple(side["notes"]))
+    return Results(results, method=method)
+
+
+def as_numpy(results: Results) -> Results:
+    return jax.tree_util.tree_map(np.asarray, results)

@@ -1,0 +1,490 @@
+"""The interpreter: walk a jaxpr, applying each primitive's rule to messages.
+
+Values are either concrete arrays (weights, constants: evaluated as JAX would)
+or :class:`Handle` s (random). Each equation with a random operand goes to the
+rule for its primitive; sub-jaxprs (``pjit``, ``closed_call``,
+``custom_jvp_call``, ``custom_vjp_call``, ``remat``) are entered. A primitive
+without a rule raises :class:`UnsupportedPrimitiveError` naming it and where
+it was traced from. Handles are reference counted over variable lifetimes so
+that the ``gaussian`` family keeps cross-covariances only between values that
+are still needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Literal
+
+from ppl_mech._errors import UnsupportedPrimitiveError
+
+from . import _events as events
+from ._elementwise import compose, force, is_elementwise
+from ._linear import LINEAR_PRIMITIVES, affine_image, bind_eqn, bind_with, linear_rule
+from ._state import Handle, State, variance_of
+
+CALL_JAXPR_PARAMS = {
+    "pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
+    "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr",
+}
+COMPARISONS = {"gt": 1, "ge": 1, "lt": -1, "le": -1}
+STRUCTURAL = {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice", "rev",
+              "copy", "copy_p", "gather", "dynamic_slice", "concatenate", "select_n", "pad",
+              "dynamic_update_slice", "convert_element_type"}
+
+
+def describe(eqn) -> str:
+    try:
+        from jax._src import source_info_util
+
+        where = source_info_util.summarize(eqn.source_info)
+    except Exception:  # pragma: no cover - best effort
+        where = "?"
+    return f"primitive {eqn.primitive.name!r} at {where}"
+
+
+class Interpreter:
+    def __init__(self, state: State, *, key, num_samples: int):
+        self.state = state
+        self.refs: dict[int, int] = {}
+        self.keep: set[int] = set()
+        self.margins: dict[int, Handle] = {}
+        self.key = key
+        self.num_samples = num_samples
+
+    # --- reference counting -------------------------------------------------------------
+    # A handle's count is the number of variable bindings that a later equation (or a
+    # pending return from a sub-jaxpr) still reads. At zero, its cross-covariances are
+    # dropped; its own message too, unless it is a reported output or a detector margin.
+    def hold(self, value) -> None:
+        if isinstance(value, Handle):
+            self.refs[value.id] = self.refs.get(value.id, 0) + 1
+
+    def release(self, value) -> None:
+        if not isinstance(value, Handle):
+            return
+        self.refs[value.id] = self.refs.get(value.id, 0) - 1
+        if self.refs[value.id] <= 0:
+            self.drop(value)
+
+    def drop(self, value: Handle) -> None:
+        if value.kind == "lazy":
+            value.kind = "dropped-lazy"
+            self.release(value.data["base"])
+        elif value.kind == "argmax":
+            value.kind = "dropped-argmax"
+            self.release(value.data["source"])
+        if value.id in self.margins:
+            return
+        if value.id in self.keep:
+            self.state.retire(value)
+        else:
+            self.state.forget(value)
+
+    # --- the walk -----------------------------------------------------------------------
+    def run(self, jaxpr, consts, args, *, top_level: bool = False) -> list:
+        """Interpret ``jaxpr``; a sub-jaxpr's results stay held until the caller binds them."""
+        env: dict[Any, Any] = {}
+        last_use: dict[Any, int] = {}
+        for i, eqn in enumerate(jaxpr.eqns):
+            for v in eqn.invars:
+                if not isinstance(v, Literal):
+                    last_use[v] = i
+        end = len(jaxpr.eqns)
+        outvars = [v for v in jaxpr.outvars if not isinstance(v, Literal)]
+        if not top_level:
+            for v in outvars:
+                last_use[v] = end
+        dying: dict[int, list] = {}
+        for v, i in last_use.items():
+            dying.setdefault(i, []).append(v)
+
+        def bind(var, value, index):
+            env[var] = value
+            if not isinstance(value, Handle):
+                return
+            if top_level and var in outvars:
+                self.keep.add(value.id)
+            if last_use.get(var, -1) > index:
+                self.hold(value)
+            elif self.refs.get(value.id, 0) <= 0:
+                if value.kind == "lazy" and top_level and var in outvars:
+                    return  # forced when reported
+                self.drop(value)
+
+        for var, value in zip(jaxpr.constvars, consts, strict=True):
+            bind(var, value, -1)
+        for var, value in zip(jaxpr.invars, args, strict=True):
+            bind(var, value, -1)
+
+        def read(v):
+            return v.val if isinstance(v, Literal) else env[v]
+
+        for i, eqn in enumerate(jaxpr.eqns):
+            values = [read(v) for v in eqn.invars]
+            pending: list = []
+            if any(isinstance(x, Handle) for x in values):
+                if eqn.primitive.name in CALL_JAXPR_PARAMS:
+                    outs, pending = self.call(eqn, values)
+                else:
+                    outs = self.apply(eqn, values)
+            else:
+                outs = bind_eqn(eqn, values)
+            for var, value in zip(eqn.outvars, outs, strict=True):
+                bind(var, value, i)
+            for value in pending:
+                self.release(value)
+            for var in dying.get(i, ()):
+                if isinstance(env.get(var), Handle):
+                    self.release(env[var])
+        return [read(v) for v in jaxpr.outvars]
+
+    def call(self, eqn, values) -> tuple[list, list]:
+        inner = eqn.params[CALL_JAXPR_PARAMS[eqn.primitive.name]]
+        jaxpr, consts = (inner.jaxpr, inner.consts) if hasattr(inner, "jaxpr") else (inner, [])
+        if len(jaxpr.invars) != len(values):
+            raise UnsupportedPrimitiveError(
+                f"{describe(eqn)}: its sub-jaxpr takes {len(jaxpr.invars)} operands, got {len(values)}"
+            )
+        outs = self.run(jaxpr, consts, values)
+        return outs, [x for x in outs if isinstance(x, Handle)]
+
+    # --- dispatch -----------------------------------------------------------------------
+    def apply(self, eqn, values: list) -> list:
+        name = eqn.primitive.name
+        where = describe(eqn)
+        random = [i for i, x in enumerate(values) if isinstance(x, Handle)]
+        kinds = {values[i].kind for i in random}
+        out_aval = eqn.outvars[0].aval
+        is_bool = out_aval.dtype == jnp.bool_
+
+        if kinds & {"events", "argmax"} or (kinds == {"two_point"} and self.state.family != "gaussian"):
+            return [self.discrete(eqn, values, random, where)]
+        if name in COMPARISONS or name in ("eq", "ne"):
+            return [self.compare(eqn, values, random, where)]
+        if name == "argmax":
+            x = self.moments(values[0], where)
+            self.hold(x)  # released when the argmax handle is dropped
+            return [Handle(out_aval.shape, out_aval.dtype, "argmax",
+                           {"source": x, "axis": eqn.params["axes"][0]}, where)]
+        if is_bool:
+            raise UnsupportedPrimitiveError(f"{where}: no rule for boolean {name!r} of a real value")
+        if "two_point" in kinds:  # mixed with real values: use the two-point law's moments
+            values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
+            kinds = {values[i].kind for i in random}
+        if is_elementwise(eqn):
+            bases = {id(self.base_of(values[i])) for i in random}
+            if len(bases) == 1:
+                base = self.base_of(values[random[0]])
+                new = compose(eqn, values, {i: values[i] for i in random}, base, where)
+                self.hold(base)
+                return [new]
+        values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
+        if name == "mul" and len(random) == 2:
+            return [self.product(values[random[0]], values[random[1]], where)]
+        if name in LINEAR_PRIMITIVES:
+            return [linear_rule(self.state, eqn, values, random, where)]
+        raise UnsupportedPrimitiveError(
+            f"{where}: no propagation rule for {name!r} with random operands "
+            f"(family {self.state.family!r})"
+        )
+
+    def base_of(self, h: Handle) -> Handle:
+        return h.data["base"] if h.kind == "lazy" else h
+
+    def moments(self, h: Handle, where: str) -> Handle:
+        if h.kind == "lazy":
+            base = h.data["base"]
+            force(self.state, h)
+            self.release(base)
+            return h
+        if h.kind == "moments":
+            return h
+        if h.kind == "two_point":
+            lo, hi, p = h.data["lo"], h.data["hi"], h.data["p"]
+            lo, hi = lo.astype(p.dtype), hi.astype(p.dtype)
+            h2 = Handle(h.shape, p.dtype, "moments",
+                        {"mean": lo + p * (hi - lo), "var": p * (1 - p) * jnp.square(hi - lo)},
+                        h.origin)
+            return h2
+        raise UnsupportedPrimitiveError(f"{where}: a {h.kind} value cannot be used as a number here")
+
+    # --- rules --------------------------------------------------------------------------
+    def product(self, a: Handle, b: Handle, where: str) -> Handle:
+        """Elementwise product of two random values: exact mean; Isserlis for covariances."""
+        state = self.state
+        if a.shape != b.shape:
+            raise UnsupportedPrimitiveError(f"{where}: product of random values of different shapes")
+        ma, mb = a.data["mean"], b.data["mean"]
+        if state.family == "gaussian":
+            cab = state.get_cov(a, b)
+            mean = ma * mb + jnp.reshape(jnp.diagonal(cab), a.shape)
+            h = Handle(a.shape, mean.dtype, "moments", {"mean": mean}, where)
+            fa, fb = jnp.reshape(ma, (-1, 1)), jnp.reshape(mb, (-1, 1))
+            for u in list(state.active.values()):
+                state.set_cov(h, u, fa * state.get_cov(b, u) + fb * state.get_cov(a, u))
+            caa, cbb = state.get_cov(a, a), state.get_cov(b, b)
+            own = (fa * fa.T * cbb + fa * fb.T * cab.T + fb * fa.T * cab + fb * fb.T * caa
+                   + caa * cbb + cab * cab.T)
+            state.set_cov(h, h, own)
+            state.activate(h)
+            return h
+        if state.family == "diagonal":
+            va, vb = variance_of(state, a), variance_of(state, b)
+            state.note("products of random values: independence presumption")
+            return Handle(a.shape, ma.dtype, "moments",
+                          {"mean": ma * mb, "var": va * vb + va * mb**2 + vb * ma**2}, where)
+        return Handle(a.shape, ma.dtype, "moments", {"mean": ma * mb}, where)
+
+    def margin(self, eqn, values, random, where) -> tuple[Handle, int]:
+        """``x - t`` (or ``x - y``) as a Gaussian handle, with the comparison's sign."""
+        name = eqn.primitive.name
+        sign = COMPARISONS[name]
+        vals = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
+        inputs = [vals[i] for i in random]
+        shape = eqn.outvars[0].aval.shape
+        dtype = inputs[0].data["mean"].dtype
+
+        def diff(*xs):
+            operands = list(vals)
+            for pos, x in zip(random, xs, strict=True):
+                operands[pos] = x
+            lhs = jnp.broadcast_to(jnp.asarray(operands[0], dtype), shape)
+            rhs = jnp.broadcast_to(jnp.asarray(operands[1], dtype), shape)
+            return lhs - rhs
+
+        def var_fn(*vs):
+            out = jnp.zeros(shape, dtype)
+            for v in vs:
+                out = out + jnp.broadcast_to(v, shape)
+            return out
+
+        return affine_image(self.state, diff, inputs, where, var_fn), sign
+
+    def compare(self, eqn, values, random, where) -> Handle:
+        name = eqn.primitive.name
+        shape = eqn.outvars[0].aval.shape
+        if name in ("eq", "ne"):
+            raise UnsupportedPrimitiveError(
+                f"{where}: {name!r} of a continuous random value has probability 0 or 1; "
+                "compare with a threshold instead"
+            )
+        state = self.state
+        m, sign = self.margin(eqn, values, random, where)
+        if state.family == "gaussian":
+            state.activate(m)
+            self.margins[m.id] = m
+            self.hold(m)
+            return Handle(shape, jnp.bool_, "events", {"events": events.literal_events(m, sign)}, where)
+        mean = sign * m.data["mean"]
+        if state.family == "mean":
+            p = (mean > 0).astype(mean.dtype)
+        else:
+            std = jnp.sqrt(m.data["var"])
+            p = jnp.where(std > 0, jax.scipy.special.ndtr(mean / jnp.where(std > 0, std, 1)),
+                          (mean > 0).astype(mean.dtype))
+            if len(random) > 1:
+                state.note("comparison of two random values: independence presumption")
+        zero = jnp.zeros(shape, jnp.bool_)
+        return Handle(shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
+
+    def discrete(self, eqn, values, random, where) -> Handle:
+        """Rules for booleans (events / two-point laws) and argmax comparisons."""
+        name = eqn.primitive.name
+        aval = eqn.outvars[0].aval
+        kinds = {values[i].kind for i in random}
+        if "argmax" in kinds:
+            return self.argmax_event(eqn, values, random, where)
+        if "events" in kinds:
+            return self.events_rule(eqn, values, random, where)
+        # independence families: two-point laws
+        if len(random) == 1 and (is_elementwise(eqn) or name in COMPARISONS or name in ("eq", "ne")):
+            h = values[random[0]]
+            lo = bind_with(eqn, values, random)(h.data["lo"])
+            hi = bind_with(eqn, values, random)(h.data["hi"])
+            return Handle(aval.shape, aval.dtype, "two_point", {"lo": lo, "hi": hi, "p": h.data["p"]}, where)
+        if aval.dtype == jnp.bool_ and name in ("and", "or", "reduce_and", "reduce_or", "not", "reduce_max",
+                                                 "reduce_min"):
+            p = [self.probability_true(x) for x in values]
+            self.state.note("and/or/all/any: independence presumption")
+            if name == "and":
+                q = p[0] * p[1]
+            elif name == "or":
+                q = 1 - (1 - p[0]) * (1 - p[1])
+            elif name in ("reduce_and", "reduce_min"):
+                q = jnp.prod(p[0], axis=eqn.params["axes"])
+            else:
+                q = 1 - jnp.prod(1 - p[0], axis=eqn.params["axes"])
+            zero = jnp.zeros(aval.shape, jnp.bool_)
+            return Handle(aval.shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": q}, where)
+        if name in STRUCTURAL:
+            fields = {}
+            for field in ("lo", "hi", "p"):
+                operands = [
+                    x.data[field] if isinstance(x, Handle)
+                    else (jnp.zeros(jnp.shape(x), float) if field == "p" and i not in self._index_ops(eqn)
+                          else x)
+                    for i, x in enumerate(values)
+                ]
+                if field == "p":
+                    operands = [jnp.asarray(o, float) if i in random or i not in self._index_ops(eqn)
+                                else o for i, o in enumerate(operands)]
+                    sub = eqn.replace(params={**eqn.params, "new_dtype": jnp.dtype(float)}) \
+                        if name == "convert_element_type" else eqn
+                    fields[field] = bind_with(sub, operands, [])()
+                else:
+                    fields[field] = bind_with(eqn, operands, [])()
+            return Handle(aval.shape, aval.dtype, "two_point", fields, where)
+        values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
+        return self.apply(eqn, values)[0]
+
+    @staticmethod
+    def probability_true(x):
+        """P[unit is True] of a boolean two-point law (or a constant)."""
+        if not isinstance(x, Handle):
+            return jnp.asarray(x, float)
+        lo, hi, p = (x.data[k] for k in ("lo", "hi", "p"))
+        return jnp.where(hi, p, 0.0) + jnp.where(lo, 1 - p, 0.0)
+
+    @staticmethod
+    def _index_ops(eqn) -> tuple:
+        from ._linear import index_positions
+
+        return index_positions(eqn.primitive.name, len(eqn.invars))
+
+    def events_rule(self, eqn, values, random, where) -> Handle:
+        name = eqn.primitive.name
+        aval = eqn.outvars[0].aval
+        arrays = [x.data["events"] if isinstance(x, Handle) and x.kind == "events"
+                  else events.constant_events(x) for x in values]
+        if name == "and":
+            out = events.elementwise(events.dnf_and, arrays[0], arrays[1], where)
+        elif name == "or":
+            out = events.elementwise(events.dnf_or, arrays[0], arrays[1], where)
+        elif name == "not":
+            out = events.elementwise(events.dnf_not, arrays[0], None, where)
+        elif name in ("reduce_and", "reduce_min"):
+            out = events.reduce(events.dnf_and, arrays[0], eqn.params["axes"], where)
+        elif name in ("reduce_or", "reduce_max"):
+            out = events.reduce(events.dnf_or, arrays[0], eqn.params["axes"], where)
+        elif name in STRUCTURAL and aval.dtype == jnp.bool_:
+            out = self._restructure(eqn, values, arrays)
+        else:
+            raise UnsupportedPrimitiveError(
+                f"{where}: no rule for {name!r} of a detector event under family 'gaussian' "
+                "(events combine with and/or/not/all/any and structural ops)"
+            )
+        return Handle(aval.shape, aval.dtype, "events", {"events": out}, where)
+
+    def _restructure(self, eqn, values, arrays) -> np.ndarray:
+        """Apply a data-movement primitive to object arrays via unit indices."""
+        index_ops = self._index_ops(eqn)
+        pool, operands, offset = [], [], 0
+        for i, (x, arr) in enumerate(zip(values, arrays, strict=True)):
+            if i in index_ops:
+                operands.append(x)
+                continue
+            pool.extend(arr.ravel().tolist())
+            operands.append(jnp.arange(offset, offset + arr.size, dtype=jnp.int32).reshape(arr.shape))
+            offset += arr.size
+        sub = eqn
+        if eqn.primitive.name == "convert_element_type":
+            return arrays[0]
+        ids = np.asarray(bind_with(sub, operands, [])())
+        out = np.empty(ids.shape, dtype=object)
+        for idx in np.ndindex(*ids.shape):
+            out[idx] = pool[int(ids[idx])]
+        return out
+
+    def argmax_event(self, eqn, values, random, where) -> Handle:
+        name = eqn.primitive.name
+        if name not in ("eq", "ne") or len(random) != 1:
+            raise UnsupportedPrimitiveError(
+                f"{where}: an argmax can only be compared for equality with a constant class"
+            )
+        h = values[random[0]]
+        k = int(np.asarray(values[1 - random[0]]))
+        source, axis = h.data["source"], h.data["axis"]
+        if source.ndim if hasattr(source, "ndim") else len(source.shape) != 1 or axis != 0:
+            if len(source.shape) != 1:
+                raise UnsupportedPrimitiveError(f"{where}: argmax == k is supported for vectors")
+        n = source.shape[0]
+        others = [j for j in range(n) if j != k]
+        state = self.state
+        if state.family == "gaussian":
+            sel = jnp.asarray(others)
+            m = affine_image(state, lambda x: x[k] - x[sel], [source], where)
+            state.activate(m)
+            self.margins[m.id] = m
+            self.hold(m)
+            dnf = (tuple((m.id, i, 1) for i in range(len(others))),)
+            ev = np.empty((), dtype=object)
+            ev[()] = dnf if name == "eq" else events.dnf_not(dnf, where)
+            return Handle((), jnp.bool_, "events", {"events": ev}, where)
+        mean = source.data["mean"]
+        if state.family == "mean":
+            p = (jnp.argmax(mean) == k).astype(mean.dtype)
+        else:
+            from ._elementwise import gauss_hermite_rule
+
+            std = jnp.sqrt(jnp.maximum(variance_of(state, source), 1e-30))
+            nodes, weights = gauss_hermite_rule(64, mean.dtype)
+            z = mean[k] + std[k] * nodes
+            sel = jnp.asarray(others)
+            cdf = jax.scipy.special.ndtr((z[:, None] - mean[sel][None, :]) / std[sel][None, :])
+            p = jnp.sum(weights * jnp.prod(cdf, axis=1))
+            state.note("argmax == k: independence presumption")
+        p = p if name == "eq" else 1 - p
+        return Handle((), jnp.bool_, "two_point",
+                      {"lo": jnp.zeros((), bool), "hi": jnp.ones((), bool), "p": p}, where)
+
+    # --- outputs -------------------------------------------------------------------------
+    def output(self, value, where: str) -> dict[str, Any]:
+        """``{'value', 'stderr', 'variance'?}`` for one output of the program."""
+        if not isinstance(value, Handle):
+            v = jnp.asarray(value)
+            return {"value": v.astype(float) if v.dtype == jnp.bool_ else v, "stderr": jnp.zeros(v.shape)}
+        if value.kind == "lazy":
+            self.moments(value, where)
+        if value.kind == "moments":
+            var = variance_of(self.state, value) if self.state.family != "mean" else None
+            out = {"value": value.data["mean"], "stderr": jnp.zeros(value.shape)}
+            if var is not None:
+                out["variance"] = var
+            return out
+        if value.kind == "two_point":
+            lo, hi, p = (value.data[k] for k in ("lo", "hi", "p"))
+            lo, hi = lo.astype(p.dtype), hi.astype(p.dtype)
+            return {"value": lo + p * (hi - lo), "stderr": jnp.zeros(value.shape)}
+        if value.kind == "events":
+            return self.event_probabilities(value)
+        raise UnsupportedPrimitiveError(f"{where}: cannot report a {value.kind} value")
+
+    def event_probabilities(self, h: Handle) -> dict[str, Any]:
+        arr = h.data["events"]
+        flat = arr.ravel()
+        single = all(len(d) == 1 and len(d[0]) == 1 for d in flat)
+        if single and flat.size:
+            ids = {d[0][0][0] for d in flat}
+            if len(ids) == 1:
+                m = self.margins[ids.pop()]
+                idx = jnp.asarray([d[0][0][1] for d in flat])
+                sign = jnp.asarray([d[0][0][2] for d in flat], m.data["mean"].dtype)
+                mean = jnp.reshape(m.data["mean"], (-1,))[idx] * sign
+                std = jnp.sqrt(jnp.diagonal(self.state.get_cov(m, m))[idx])
+                p = jnp.where(std > 0, jax.scipy.special.ndtr(mean / jnp.where(std > 0, std, 1)),
+                              (mean > 0).astype(mean.dtype))
+                return {"value": jnp.reshape(p, h.shape), "stderr": jnp.zeros(h.shape)}
+        values, errors = [], []
+        for i, dnf in enumerate(flat):
+            key = jax.random.fold_in(self.key, i)
+            p, se = events.probability(self.state, dnf, self.margins, key=key,
+                                       num_samples=self.num_samples)
+            values.append(p)
+            errors.append(se)
+        return {"value": jnp.reshape(jnp.stack(values), h.shape),
+                "stderr": jnp.reshape(jnp.stack(errors), h.shape)}

@@ -1,0 +1,149 @@
+"""handlers.mechanize: exact where the family is exact, honest presumptions elsewhere."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from scipy import stats
+
+from ppl_mech import ModelError, UnsupportedDistributionError, UnsupportedPrimitiveError, handlers
+
+A = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]])
+MU = np.array([0.3, -0.2, 1.0])
+L = np.array([[1.0, 0.0, 0.0], [0.4, 0.8, 0.0], [-0.3, 0.2, 0.6]])
+
+
+def linear_gaussian(a, mu, scale_tril, t):
+    x = numpyro.sample("x", dist.MultivariateNormal(mu, scale_tril=scale_tril))
+    y = numpyro.deterministic("y", a @ x + 1.0)
+    numpyro.deterministic("z", jnp.concatenate([y, -2 * y[:1]]).reshape(3, 1).sum(-1))
+    numpyro.deterministic("above", y[0] > t)
+    numpyro.deterministic("both", (y[0] > t) & (y[1] > 0.0))
+    numpyro.deterministic("either", (y[0] > t) | (y[1] > 0.0))
+    numpyro.deterministic("tanh", jnp.tanh(y))
+
+
+def exact_linear_gaussian(t):
+    mean = A @ MU + 1.0
+    cov = A @ L @ L.T @ A.T
+    above = stats.norm.sf(t, mean[0], np.sqrt(cov[0, 0]))
+    both = stats.multivariate_normal(-mean, cov).cdf(np.array([-t, 0.0]))
+    p1 = stats.norm.sf(0.0, mean[1], np.sqrt(cov[1, 1]))
+    return mean, cov, above, both, above + p1 - both
+
+
+def test_affine_maps_and_halfspaces_are_exact(x64):
+    t = 1.3
+    r = handlers.mechanize(linear_gaussian)(A, MU, L, t)
+    mean, cov, above, both, either = exact_linear_gaussian(t)
+    np.testing.assert_allclose(r["y"].value, mean, rtol=1e-12)
+    np.testing.assert_allclose(r["y"].diagnostics["variance"], np.diag(cov), rtol=1e-12)
+    np.testing.assert_allclose(r["z"].value, [mean[0], mean[1], -2 * mean[0]], rtol=1e-12)
+    np.testing.assert_allclose(r["above"].value, above, rtol=1e-10)
+    np.testing.assert_allclose(r["both"].value, both, rtol=1e-6)
+    assert r["above"].is_probability and float(r["above"].stderr) == 0.0
+    assert r["above"].cost.evaluations == 0 and r["above"].cost.flops > 0
+    np.testing.assert_allclose(r["either"].value, either, rtol=1e-3, atol=4 * float(r["either"].stderr))
+
+
+def test_far_tail_halfspace(x64):
+    t = 12.0
+    r = handlers.mechanize(linear_gaussian, sites=["above"])(A, MU, L, t)
+    _, _, above, _, _ = exact_linear_gaussian(t)
+    assert above < 1e-12
+    np.testing.assert_allclose(r["above"].value, above, rtol=1e-8)
+
+
+def test_quadrature_nonlinearity_against_sampling():
+    r = handlers.mechanize(linear_gaussian, sites=["tanh"])(A, MU, L, 0.0)
+    s = handlers.sample(linear_gaussian, num_samples=200_000, rng_key=jax.random.PRNGKey(0),
+                        sites=["tanh"])(A, MU, L, 0.0)
+    z = np.abs(np.asarray(r["tanh"].value) - s["tanh"].value) / s["tanh"].stderr
+    assert np.all(z < 4), z
+
+
+@pytest.mark.parametrize("family", ["diagonal", "mean"])
+def test_independence_families_say_so(family):
+    r = handlers.mechanize(linear_gaussian, family=family)(A, MU, L, 1.0)
+    assert any("independence" in n for n in r["both"].notes)
+    mean, cov, above, _, _ = exact_linear_gaussian(1.0)
+    np.testing.assert_allclose(r["y"].value, mean, rtol=1e-6)
+    if family == "diagonal":  # the input's correlations are dropped: var(y) = A^2 diag(cov_x)
+        var = np.square(A) @ np.diag(L @ L.T)
+        np.testing.assert_allclose(r["y"].diagnostics["variance"], var, rtol=1e-5)
+        np.testing.assert_allclose(r["above"].value, stats.norm.sf(1.0, mean[0], np.sqrt(var[0])),
+                                   rtol=1e-5)
+
+
+def test_jit_and_grad_match_finite_differences(x64):
+    def p(mu):
+        return handlers.mechanize(linear_gaussian, sites=["both"])(A, mu, L, 1.0)["both"].value
+
+    grad = jax.jit(jax.grad(p))(jnp.asarray(MU))
+    jitted = jax.jit(p)
+    eps = 1e-6
+    fd = [(jitted(MU + eps * e) - jitted(MU - eps * e)) / (2 * eps) for e in np.eye(3)]
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(jitted(jnp.asarray(MU)), p(MU), rtol=1e-12)
+
+
+def test_residual_connection_sees_the_correlation(x64):
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        h = jnp.tanh(x)
+        numpyro.deterministic("r", x + h)
+
+    r = handlers.mechanize(model)()
+    s = handlers.sample(model, num_samples=200_000, rng_key=jax.random.PRNGKey(1))()
+    np.testing.assert_allclose(r["r"].diagnostics["variance"], s["r"].diagnostics["variance"],
+                               rtol=0.02)
+
+
+def test_bernoulli_inputs_are_exact_two_point_laws_in_independence_families():
+    def model(p):
+        b = numpyro.sample("b", dist.Bernoulli(probs=p))
+        lit = jnp.where(jnp.array([True, False, True]), b, 1.0 - b)
+        numpyro.deterministic("clause", jnp.any(lit > 0.5))
+
+    p = jnp.array([0.1, 0.2, 0.3])
+    r = handlers.mechanize(model, family="diagonal")(p)
+    np.testing.assert_allclose(r["clause"].value, 1 - 0.9 * 0.2 * 0.7, rtol=1e-6)
+
+
+def test_argmax_detector(x64):
+    def model(mu):
+        x = numpyro.sample("x", dist.Normal(mu, 1.0).to_event(1))
+        numpyro.deterministic("is_first", jnp.argmax(x) == 0)
+
+    mu = jnp.array([0.5, 0.0, -0.5])
+    r = handlers.mechanize(model, num_samples=20_000)(mu)
+    s = handlers.sample(model, num_samples=200_000, rng_key=jax.random.PRNGKey(0))(mu)
+    se = float(np.hypot(r["is_first"].stderr, s["is_first"].stderr))
+    assert abs(float(r["is_first"].value) - float(s["is_first"].value)) < 4 * se + 1e-4
+
+
+def test_errors_name_the_primitive_and_the_site():
+    def bad_primitive():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        numpyro.deterministic("s", jnp.sort(x))
+
+    with pytest.raises(UnsupportedPrimitiveError, match="'sort'"):
+        handlers.mechanize(bad_primitive)()
+
+    def bad_distribution():
+        x = numpyro.sample("x", dist.Gamma(2.0, 1.0))
+        numpyro.deterministic("s", x)
+
+    with pytest.raises(UnsupportedDistributionError, match="site 'x'.*Gamma"):
+        handlers.mechanize(bad_distribution)()
+
+    def hidden_randomness():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        numpyro.deterministic("y", x + jax.random.normal(numpyro.prng_key()))
+
+    with pytest.raises(ModelError, match="prng_key"):
+        handlers.mechanize(hidden_randomness)()
+    with pytest.raises(ValueError, match="family"):
+        handlers.mechanize(bad_primitive, family="nope")()
