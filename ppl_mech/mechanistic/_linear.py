@@ -113,11 +113,11 @@ def affine_image(
     mean = fn(*means)
     h = Handle(mean.shape, mean.dtype, "moments", {"mean": mean}, origin)
     if state.family == "gaussian":
-        apply_columns = jax.vmap(
-            lambda *cols: jax.jvp(fn, means, [c.astype(m.dtype) for c, m in zip(cols, means, strict=True)])[1],
-            in_axes=-1,
-            out_axes=-1,
-        )
+        def linear_part(*cols):
+            tangents = [c.astype(m.dtype) for c, m in zip(cols, means, strict=True)]
+            return jax.jvp(fn, means, tangents)[1]
+
+        apply_columns = jax.vmap(linear_part, in_axes=-1, out_axes=-1)
 
         def image_of(blocks, other_size):
             cols = [jnp.reshape(b, x.shape + (other_size,)) for b, x in zip(blocks, inputs, strict=True)]
