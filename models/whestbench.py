@@ -143,11 +143,21 @@ def build_whestbench(
             fixed pilot inputs (:func:`pilot_inputs`), rounded to 4 significant digits
             and clamped at 0. A ReLU unit exceeds ``t > 0`` exactly when its
             pre-activation does.
-        sigmas: the rule's number of standard deviations (4.5 makes the event of
-            order 1e-6..1e-5 on the presets; heavier-than-Gaussian tails push it up).
+        sigmas: the rule's number of standard deviations. Deeper networks have
+            heavier-than-Gaussian tails, so the presets set their own (seed 0,
+            measured by sampling: events / samples):
+
+            * ``whestbench-256x8``: sigmas 4.5, P[catastrophe] ~ 9.0e-6 (36 / 4e6);
+              conjunction_sigmas 2.0, P[conjunction] ~ 7.0e-6 (28 / 4e6);
+            * ``whestbench-256x32``: sigmas 6.0, ~ 4.0e-6 (24 / 6e6);
+              conjunction_sigmas 2.75, ~ 5.2e-6 (31 / 6e6);
+            * ``whestbench-1024x16``: sigmas 4.5, ~ 1.3e-5 (19 / 1.5e6);
+              conjunction_sigmas 2.25, ~ 1.2e-5 (18 / 1.5e6).
+
         conjunction_units, conjunction_thresholds, conjunction_sigmas: the three
-            units of ``conjunction`` and their thresholds (default: the same rule with
-            ``conjunction_sigmas``).
+            units of ``conjunction`` (default units 0, 1, 2 of ``layer``) and their
+            thresholds (default: the same rule, ``mean + conjunction_sigmas * std``
+            of each unit's pre-activation over the pilot, rounded, clamped at 0).
 
     ``exact["layer_1"]``: the first pre-activation ``z_j = x . W[:, j]`` is exactly
     ``N(0, s_j^2)`` with ``s_j = ||W[:, j]||``, so ``E[relu(z_j)] = s_j / sqrt(2 pi)``
