@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from jax.scipy.special import ndtr
 
@@ -72,13 +73,13 @@ def _tail_series(a):
     with no cancellation (the direct forms lose ``eps * a^4``).
     """
     t = -a
-    acc = t
-    a3 = t
-    for j in range(_SERIES_TERMS, 1, -1):
-        acc = t + j / acc
-        if j == 3:
-            a3 = acc
-    c = 1.0 / acc
+
+    def step(i, acc):  # j = _SERIES_TERMS, ..., 4 (a loop keeps the compiled graph small)
+        return t + (_SERIES_TERMS - i) / acc
+
+    acc = jax.lax.fori_loop(0, _SERIES_TERMS - 3, step, t)
+    a3 = t + 3.0 / acc
+    c = 1.0 / (t + 2.0 / a3)
     g1 = c / (t + c)
     g2 = 2.0 / ((t * a3 + 2.0) * (t + c))
     return g1, g2
@@ -103,6 +104,7 @@ def _standard_relu_moments(a):
     return m1, m2, jnp.maximum(v, 0.0)
 
 
+@jax.jit
 def relu_moments(mean, var):
     """``(E relu(X), Var relu(X))`` for ``X ~ N(mean, var)``; broadcasts; exact."""
     mean, var = _as_float(mean, var)
@@ -112,11 +114,13 @@ def relu_moments(mean, var):
     return jnp.where(pos, s * m1, point), jnp.where(pos, s * s * v, 0.0)
 
 
+@jax.jit
 def relu_mean(mean, var):
     """``E relu(X)`` for ``X ~ N(mean, var)``."""
     return relu_moments(mean, var)[0]
 
 
+@jax.jit
 def relu_second_moment(mean, var):
     """``E relu(X)^2 = (mu^2 + s^2) Phi(mu/s) + mu s phi(mu/s)``; exact."""
     mean, var = _as_float(mean, var)
@@ -131,6 +135,7 @@ def _clip_rho(rho):
     return jnp.clip(rho, -1.0 + 4 * eps, 1.0 - 4 * eps)
 
 
+@jax.jit
 def relu_cross_moment(mean1, mean2, var1, var2, cov):
     """``E[relu(X1) relu(X2)]`` for jointly Gaussian ``X1, X2``; exact (Phi2 closed form).
 
@@ -162,6 +167,7 @@ def relu_cross_moment(mean1, mean2, var1, var2, cov):
     return jnp.where(both, cross, degenerate)
 
 
+@jax.jit
 def relu_covariance(mean, cov):
     """Exact mean ``(n,)`` and covariance ``(n, n)`` of ``relu(x)``, ``x ~ N(mean, cov)``.
 
@@ -184,6 +190,7 @@ def relu_covariance(mean, cov):
     return mean_out, cov_out
 
 
+@jax.jit
 def relu_input_output_covariance(mean, cov):
     """``Cov(x_i, relu(x_j)) = cov_ij Phi(mean_j / s_j)`` (Stein's lemma), shape ``(n, n)``."""
     mean = jnp.asarray(mean)
