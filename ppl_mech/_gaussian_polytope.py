@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._minimax_tilting import (
+    bound_div,
     log_normal_interval,
     minimax_tilting,
     proposal_log_ratio,
@@ -36,7 +37,6 @@ from ._minimax_tilting import (
     summarize_log_weights,
     tilted_log_weights,
     tilting_plan,
-    truncated_normal_icdf,
 )
 
 
@@ -86,9 +86,7 @@ def _check_cov(cov, n: int, name: str = "cov") -> None:
             raise ValueError(f"{name} is not symmetric")
         eig_min = float(np.linalg.eigvalsh(0.5 * (c + c.T))[0]) if n else 0.0
         if eig_min < -1e3 * n * eps * scale:
-            raise ValueError(
-                f"{name} is not positive semi-definite (smallest eigenvalue {eig_min:.3g})"
-            )
+            raise ValueError(f"{name} is not positive semi-definite (smallest eigenvalue {eig_min:.3g})")
 
 
 def _validate_orthant(lower, upper, mean, cov):
@@ -120,7 +118,7 @@ def _log_interval_1d(lower, upper, mean, var):
     tiny = jnp.finfo(var.dtype).tiny
     positive = var > tiny
     sd = jnp.sqrt(jnp.where(positive, var, 1.0))
-    log_p = log_normal_interval((lower - mean) / sd, (upper - mean) / sd)
+    log_p = log_normal_interval(bound_div(lower - mean, sd), bound_div(upper - mean, sd))
     point = jnp.where((lower <= mean) & (mean <= upper), 0.0, -jnp.inf)
     return jnp.where(positive, log_p, point)
 
@@ -157,8 +155,8 @@ def _log_box_2d(l1, u1, l2, u2, rho):
     beta1, beta2 = c, -c
 
     def inner_bounds(t):
-        lo = jnp.maximum((l1 - beta1 * t) / d, (l2 - beta2 * t) / d)
-        hi = jnp.minimum((u1 - beta1 * t) / d, (u2 - beta2 * t) / d)
+        lo = jnp.maximum(bound_div(l1 - beta1 * t, d), bound_div(l2 - beta2 * t, d))
+        hi = jnp.minimum(bound_div(u1 - beta1 * t, d), bound_div(u2 - beta2 * t, d))
         return lo, hi
 
     def log_f(t):
@@ -193,8 +191,9 @@ def _log_box_2d(l1, u1, l2, u2, rho):
 
     a, b = jax.lax.fori_loop(0, 90, golden, (lo, hi))
     mode = jax.lax.stop_gradient(0.5 * (a + b))
-    peak = jax.lax.stop_gradient(jnp.maximum(stopped_log_f(mode), jnp.maximum(
-        stopped_log_f(lo), stopped_log_f(hi))))
+    peak = jax.lax.stop_gradient(
+        jnp.maximum(stopped_log_f(mode), jnp.maximum(stopped_log_f(lo), stopped_log_f(hi)))
+    )
     level = peak - drop
 
     def level_point(inside, outside):
@@ -229,8 +228,8 @@ def _log_orthant_2d(lower, upper, mean, cov):
     tiny = jnp.finfo(cov.dtype).tiny
     positive = var > tiny
     sd = jnp.sqrt(jnp.where(positive, var, 1.0))
-    lo = (lower - mean) / sd
-    hi = (upper - mean) / sd
+    lo = bound_div(lower - mean, sd)
+    hi = bound_div(upper - mean, sd)
     rho = jnp.clip(cov[0, 1] / (sd[0] * sd[1]), -1.0, 1.0)
     both = _log_box_2d(lo[0], hi[0], lo[1], hi[1], rho)
     # a zero-variance coordinate is a constant: indicator times the other marginal
@@ -253,12 +252,32 @@ def _orthant(lower, upper, mean, cov, key, num_samples) -> PolytopeProbability:
         return _exact(_log_interval_1d(lower[0], upper[0], mean[0], cov[0, 0]), "exact-1d")
     if m == 2:
         return _exact(_log_orthant_2d(lower, upper, mean, cov), "exact-2d")
-    if key is None:
+    est = minimax_tilting(lower - mean, upper - mean, cov, key=key, num_samples=num_samples)
+    return PolytopeProbability(est.probability, est.log_probability, est.stderr, "minimax-tilting")
+
+
+# Compiled once per shape/dtype/num_samples, so eager calls do not re-trace the loops;
+# under an outer jit these simply inline.
+_orthant_jit = jax.jit(_orthant, static_argnames=("num_samples",))
+
+
+def _require_key(m: int, key) -> None:
+    if m >= 3 and key is None:
         raise ValueError(
             f"{m} constraints need minimax tilting, a Monte Carlo method: pass key=jax.random.PRNGKey(...)"
         )
-    est = minimax_tilting(lower - mean, upper - mean, cov, key=key, num_samples=num_samples)
-    return PolytopeProbability(est.probability, est.log_probability, est.stderr, "minimax-tilting")
+
+
+def _polytope(A, b, mean, cov, key, num_samples) -> PolytopeProbability:
+    m = A.shape[0]
+    z_mean = A @ mean
+    z_cov = A @ cov @ A.T
+    z_cov = 0.5 * (z_cov + z_cov.T)
+    lower = jnp.full((m,), -jnp.inf, A.dtype)
+    return _orthant(lower, b, z_mean, z_cov, key, num_samples)
+
+
+_polytope_jit = jax.jit(_polytope, static_argnames=("num_samples",))
 
 
 def gaussian_orthant_probability(
@@ -274,7 +293,8 @@ def gaussian_orthant_probability(
         r.probability  # ~ (3.17e-5) ** 3
     """
     lower, upper, mean, cov = _validate_orthant(lower, upper, mean, cov)
-    return _orthant(lower, upper, mean, cov, key, num_samples)
+    _require_key(mean.shape[0], key)
+    return _orthant_jit(lower, upper, mean, cov, key, num_samples=num_samples)
 
 
 def _validate_polytope(A, b, mean, cov):
@@ -303,12 +323,8 @@ def gaussian_polytope_probability(
         gaussian_polytope_probability(A, jnp.zeros(2), jnp.zeros(2), jnp.eye(2)).probability  # 0.25
     """
     A, b, mean, cov = _validate_polytope(A, b, mean, cov)
-    m = A.shape[0]
-    z_mean = A @ mean
-    z_cov = A @ cov @ A.T
-    z_cov = 0.5 * (z_cov + z_cov.T)
-    lower = jnp.full((m,), -jnp.inf, A.dtype)
-    return _orthant(lower, b, z_mean, z_cov, key, num_samples)
+    _require_key(A.shape[0], key)
+    return _polytope_jit(A, b, mean, cov, key, num_samples=num_samples)
 
 
 def _psd_factor(cov):
@@ -359,6 +375,11 @@ def gaussian_union_probability(
     if len(polys) == 1:
         A, b = polys[0]
         return gaussian_polytope_probability(A, b, mean, cov, key=key, num_samples=num_samples)
+    return _union_jit(polys, mean, cov, key, num_samples=num_samples)
+
+
+def _union(polys, mean, cov, key, num_samples) -> PolytopeProbability:
+    dtype = mean.dtype
     K = len(polys)
     n = mean.shape[0]
     per = max(num_samples // K, 2)
@@ -413,6 +434,7 @@ def gaussian_union_probability(
     stderr = jnp.sqrt(sum(s.stderr**2 for s in summaries)) / K
     nan = jnp.asarray(jnp.nan, dtype)
     log_p = jnp.where(valid, log_p, nan)
-    return PolytopeProbability(
-        jnp.exp(log_p), log_p, jnp.where(valid, stderr, nan), "mixture-tilting"
-    )
+    return PolytopeProbability(jnp.exp(log_p), log_p, jnp.where(valid, stderr, nan), "mixture-tilting")
+
+
+_union_jit = jax.jit(_union, static_argnames=("num_samples",))
