@@ -29,7 +29,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from ppl_mech.rules.gauss_hermite import gauss_hermite_rule
 
 from ._linear import affine_image
 from ._state import Handle, State, variance_of
@@ -45,12 +46,6 @@ ELEMENTWISE = {
     "clamp", "nextafter", "floor", "ceil", "round", "is_finite", "rem",
 }
 CLOSED_FORMS = ("relu", "exp", "square")
-
-
-def gauss_hermite_rule(degree: int, dtype) -> tuple[jax.Array, jax.Array]:
-    """Nodes and weights for E[g(Z)], Z ~ N(0, 1)."""
-    nodes, weights = np.polynomial.hermite_e.hermegauss(degree)
-    return jnp.asarray(nodes, dtype), jnp.asarray(weights / math.sqrt(2 * math.pi), dtype)
 
 
 def is_elementwise(eqn) -> bool:
@@ -85,7 +80,6 @@ def compose(eqn, values: list, operands: dict[int, Handle], base: Handle, where:
         return step(*[p(z) for p in parts])
 
     name = eqn.primitive.name
-    shape, dtype = base.shape, base.data["mean"].dtype
     affine_step = name in ELEMENTWISE_AFFINE and not (
         name in ("mul", "div") and len(positions) > 1
     ) and not (name == "div" and positions != [0])
@@ -108,7 +102,6 @@ def compose(eqn, values: list, operands: dict[int, Handle], base: Handle, where:
         and operands[positions[0]] is operands[positions[1]]
     ):
         structure = ("closed", parts[0], "square", _identity)
-    del shape, dtype
     return Handle(
         eqn.outvars[0].aval.shape, eqn.outvars[0].aval.dtype, "lazy",
         {"base": base, "fn": fn, "structure": structure}, where,
@@ -122,8 +115,6 @@ def _closed_form(eqn, values, position):
     if name == "max" and len(other) == 1:  # max(x, c) = relu(x - c) + c
         c = jnp.asarray(other[0])
         return "relu", c, lambda y, c=c: y + c
-    if name == "min" and len(other) == 1:  # min(x, c) = c - relu(c - x) -> not of the form; skip
-        return None
     if name == "exp":
         return "exp", 0.0, _identity
     if name == "integer_pow" and eqn.params.get("y") == 2 or name == "square":
@@ -216,7 +207,10 @@ def _closed(state: State, base: Handle, structure, origin: str) -> Handle:
 def hermite_coefficients(fn: Callable, mean, std, order: int, degree: int = GAUSS_HERMITE_DEGREE):
     """Orthonormal Hermite coefficients ``c_k = E[f(m + s Z) He_k(Z)] / sqrt(k!)``, k = 0..order.
 
-    Returns an array of shape ``(order + 1,) + mean.shape``.
+    Returns an array of shape ``(order + 1,) + mean.shape``. Unlike
+    ``ppl_mech.rules.mehler.hermite_coefficients`` (nodes on a trailing axis, for
+    scalar functions), the quadrature nodes go on a *leading* axis here, because
+    a fused chain applies per-unit constant arrays shaped like ``mean``.
     """
     nodes, weights = gauss_hermite_rule(degree, mean.dtype)
     values = jax.vmap(lambda z: fn(mean + std * z))(nodes)  # (Q, *shape)

@@ -8,7 +8,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import scipy.stats
 
 from ppl_mech._capture import ModelArgs, capture_program
@@ -100,7 +99,3 @@ def mechanistic_estimate(
         results[name] = SiteResult(value, stderr, (lo, hi), diagnostics, cost, method,
                                    is_probability, tuple(side["notes"]))
     return Results(results, method=method)
-
-
-def as_numpy(results: Results) -> Results:
-    return jax.tree_util.tree_map(np.asarray, results)

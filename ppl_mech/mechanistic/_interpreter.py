@@ -409,9 +409,8 @@ class Interpreter:
         h = values[random[0]]
         k = int(np.asarray(values[1 - random[0]]))
         source, axis = h.data["source"], h.data["axis"]
-        if source.ndim if hasattr(source, "ndim") else len(source.shape) != 1 or axis != 0:
-            if len(source.shape) != 1:
-                raise UnsupportedPrimitiveError(f"{where}: argmax == k is supported for vectors")
+        if len(source.shape) != 1 or axis != 0:
+            raise UnsupportedPrimitiveError(f"{where}: argmax == k is supported for vectors only")
         n = source.shape[0]
         others = [j for j in range(n) if j != k]
         state = self.state
@@ -429,7 +428,7 @@ class Interpreter:
         if state.family == "mean":
             p = (jnp.argmax(mean) == k).astype(mean.dtype)
         else:
-            from ._elementwise import gauss_hermite_rule
+            from ppl_mech.rules.gauss_hermite import gauss_hermite_rule
 
             std = jnp.sqrt(jnp.maximum(variance_of(state, source), 1e-30))
             nodes, weights = gauss_hermite_rule(64, mean.dtype)
