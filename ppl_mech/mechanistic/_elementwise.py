@@ -34,6 +34,7 @@ from ppl_mech.rules.gauss_hermite import gauss_hermite_rule
 
 from ._linear import affine_image
 from ._state import Handle, State, variance_of
+from ._thresholds import relu_preimage
 
 GAUSS_HERMITE_DEGREE = 64
 MEHLER_ORDER = 16
@@ -133,8 +134,12 @@ def force(state: State, h: Handle) -> Handle:
         new = affine_image(state, fn, [base], h.origin, lambda v: jnp.square(a) * v)
     elif state.family == "mean":
         new = Handle(h.shape, mean.dtype, "moments", {"mean": fn(mean)}, h.origin)
+        if structure[0] == "closed" and structure[2] == "relu":
+            new.data["preimage"] = relu_preimage(base, structure[1], structure[3])
     elif structure[0] == "closed":
         new = _closed(state, base, structure, h.origin)
+        if structure[2] == "relu":
+            new.data["preimage"] = relu_preimage(base, structure[1], structure[3])
     else:
         new = _quadrature(state, base, fn, h.origin)
     h.kind, h.data, h.dtype = "moments", new.data, new.dtype

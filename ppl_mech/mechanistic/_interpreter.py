@@ -25,6 +25,7 @@ from . import _events as events
 from ._elementwise import compose, force, is_elementwise
 from ._linear import LINEAR_PRIMITIVES, affine_image, bind_eqn, bind_with, linear_rule
 from ._state import Handle, State, variance_of
+from ._thresholds import ReluPreimage, flat_affine, relu_preimage, threshold_margin
 
 CALL_JAXPR_PARAMS = {
     "pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
@@ -78,6 +79,8 @@ class Interpreter:
         elif value.kind == "argmax":
             value.kind = "dropped-argmax"
             self.release(value.data["source"])
+        elif value.kind == "moments" and "preimage" in value.data:
+            self.release(value.data.pop("preimage").base)
         if value.id in self.margins:
             return
         if value.id in self.keep:
@@ -132,8 +135,11 @@ class Interpreter:
                     outs, pending = self.call(eqn, values)
                 else:
                     outs = self.apply(eqn, values)
-            else:
+            elif any(isinstance(x, jax.core.Tracer) for x in values):
                 outs = bind_eqn(eqn, values)
+            else:  # constants stay concrete (indices must be known while tracing)
+                with jax.ensure_compile_time_eval():
+                    outs = bind_eqn(eqn, values)
             for var, value in zip(eqn.outvars, outs, strict=True):
                 bind(var, value, i)
             for value in pending:
@@ -187,7 +193,9 @@ class Interpreter:
         if name == "mul" and len(random) == 2:
             return [self.product(values[random[0]], values[random[1]], where)]
         if name in LINEAR_PRIMITIVES:
-            return [linear_rule(self.state, eqn, values, random, where)]
+            out = linear_rule(self.state, eqn, values, random, where)
+            self.carry_preimage(eqn, values, random, out)
+            return [out]
         raise UnsupportedPrimitiveError(
             f"{where}: no propagation rule for {name!r} with random operands "
             f"(family {self.state.family!r})"
@@ -198,8 +206,15 @@ class Interpreter:
 
     def moments(self, h: Handle, where: str) -> Handle:
         if h.kind == "lazy":
-            base = h.data["base"]
+            base, structure = h.data["base"], h.data["structure"]
+            fn = h.data["fn"]
             force(self.state, h)
+            if "preimage" in h.data:
+                return h  # the lazy handle's hold on ``base`` passes to the preimage
+            if structure[0] == "affine" and "preimage" in base.data:
+                scale, shift = flat_affine(fn, base.shape, base.data["mean"].dtype)
+                h.data["preimage"] = base.data["preimage"].then_affine(scale, shift)
+                self.hold(h.data["preimage"].base)
             self.release(base)
             return h
         if h.kind == "moments":
@@ -212,6 +227,59 @@ class Interpreter:
                         h.origin)
             return h2
         raise UnsupportedPrimitiveError(f"{where}: a {h.kind} value cannot be used as a number here")
+
+    # --- ReLU preimages (see _thresholds) ------------------------------------------------
+    def carry_preimage(self, eqn, values, random, out: Handle) -> None:
+        """Let a data-movement primitive carry its operand's ReLU preimage to ``out``."""
+        if len(random) != 1 or eqn.primitive.name not in STRUCTURAL:
+            return
+        source = values[random[0]]
+        if "preimage" not in source.data:
+            return
+        constants = set(range(len(values))) - set(random)
+        if not constants <= set(self._index_ops(eqn)):
+            return  # e.g. concatenated with constants: those units have no preimage
+        if eqn.primitive.name == "convert_element_type" and not jnp.issubdtype(
+            eqn.params["new_dtype"], jnp.floating
+        ):
+            return
+        if any(isinstance(values[i], jax.core.Tracer) for i in constants):
+            return  # indices computed from traced arguments: not known while tracing
+        with jax.ensure_compile_time_eval():
+            units = jnp.arange(source.size, dtype=out.dtype).reshape(source.shape)
+            moved = bind_with(eqn, values, random)(units)
+            index = np.asarray(jnp.reshape(moved, (-1,))).astype(np.int64)
+        out.data["preimage"] = source.data["preimage"].select(index)
+        self.hold(out.data["preimage"].base)
+
+    def preimage_of(self, h: Handle) -> ReluPreimage | None:
+        """``h`` as ``post(relu(pre(base)))`` per unit, if it is one (else ``None``)."""
+        if h.kind == "moments":
+            return h.data.get("preimage")
+        if h.kind != "lazy":
+            return None
+        base, structure = h.data["base"], h.data["structure"]
+        if structure[0] == "closed" and structure[2] == "relu" and "preimage" not in base.data:
+            return relu_preimage(base, structure[1], structure[3])
+        if structure[0] == "affine" and "preimage" in base.data:
+            scale, shift = flat_affine(h.data["fn"], base.shape, base.data["mean"].dtype)
+            return base.data["preimage"].then_affine(scale, shift)
+        return None
+
+    def compare_preimage(self, eqn, values, position: int, pre: ReluPreimage, where: str) -> Handle:
+        """``relu``-output ``>``/``<`` constant, decided on the Gaussian pre-activation."""
+        name = eqn.primitive.name
+        shape = eqn.outvars[0].aval.shape
+        h = values[position]
+        sign = COMPARISONS[name] * (1 if position == 0 else -1)
+        dtype = pre.base.data["mean"].dtype
+        units = np.broadcast_to(np.arange(h.size).reshape(h.shape), shape).ravel()
+        pre = pre.select(units)
+        threshold = jnp.reshape(jnp.broadcast_to(jnp.asarray(values[1 - position], dtype), shape), (-1,))
+        fn, var_fn = threshold_margin(pre, threshold, sign, strict=name in ("gt", "lt"))
+        m = affine_image(self.state, lambda z: jnp.reshape(fn(z), shape), [pre.base], where,
+                         lambda v: jnp.reshape(var_fn(v), shape))
+        return self.margin_event(m, 1, shape, where)
 
     # --- rules --------------------------------------------------------------------------
     def product(self, a: Handle, b: Handle, where: str) -> Handle:
@@ -273,8 +341,16 @@ class Interpreter:
                 f"{where}: {name!r} of a continuous random value has probability 0 or 1; "
                 "compare with a threshold instead"
             )
-        state = self.state
+        if len(random) == 1:
+            pre = self.preimage_of(values[random[0]])
+            if pre is not None:
+                return self.compare_preimage(eqn, values, random[0], pre, where)
         m, sign = self.margin(eqn, values, random, where)
+        return self.margin_event(m, sign, shape, where, independent=len(random) > 1)
+
+    def margin_event(self, m: Handle, sign: int, shape, where: str, independent: bool = False) -> Handle:
+        """The boolean ``sign * m > 0`` per unit: events (gaussian) or two-point laws."""
+        state = self.state
         if state.family == "gaussian":
             state.activate(m)
             self.margins[m.id] = m
@@ -287,7 +363,7 @@ class Interpreter:
             std = jnp.sqrt(m.data["var"])
             p = jnp.where(std > 0, jax.scipy.special.ndtr(mean / jnp.where(std > 0, std, 1)),
                           (mean > 0).astype(mean.dtype))
-            if len(random) > 1:
+            if independent:
                 state.note("comparison of two random values: independence presumption")
         zero = jnp.zeros(shape, jnp.bool_)
         return Handle(shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
