@@ -4,6 +4,9 @@ Write the input distribution D, the network M and the detector C as one NumPyro
 model; wrap it in an estimator handler from :mod:`ppl_mech.handlers`.
 """
 
+from ._arviz import comparison_table as comparison_table
+from ._arviz import plot_estimates as plot_estimates
+from ._arviz import to_inference_data as to_inference_data
 from ._capture import RETURN_SITE as RETURN_SITE
 from ._capture import LatentSite as LatentSite
 from ._capture import OutputSite as OutputSite
@@ -13,6 +16,8 @@ from ._errors import ModelError as ModelError
 from ._errors import PPLMechError as PPLMechError
 from ._errors import UnsupportedDistributionError as UnsupportedDistributionError
 from ._errors import UnsupportedPrimitiveError as UnsupportedPrimitiveError
+from ._layer_moments import LayerMoments as LayerMoments
+from ._layer_moments import layer_moments as layer_moments
 from ._result import Cost as Cost
 from ._result import Results as Results
 from ._result import SiteResult as SiteResult
@@ -23,6 +28,7 @@ __all__ = [
     "RETURN_SITE",
     "Cost",
     "LatentSite",
+    "LayerMoments",
     "ModelError",
     "OutputSite",
     "PPLMechError",
@@ -32,4 +38,8 @@ __all__ = [
     "UnsupportedDistributionError",
     "UnsupportedPrimitiveError",
     "capture_program",
+    "comparison_table",
+    "layer_moments",
+    "plot_estimates",
+    "to_inference_data",
 ]

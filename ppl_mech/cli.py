@@ -155,6 +155,35 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_layers(args) -> int:
+    from ._layer_moments import layer_moments
+
+    built = load_model(args.model, parse_options(args.option))
+    options = _method_options(args)
+    sampled = _run("sample", built, options)
+    import pandas as pd
+
+    for method in [m for m in args.methods.split(",") if m]:
+        diag = layer_moments(_run(method, built, options), sampled)
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(f"model {built.name}: {method} against {options.num_samples} samples")
+            print(diag.table().to_string(float_format=lambda x: f"{x:.4g}"))
+        suffix = method.replace(":", "-")
+        if args.plot:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            diag.plot().savefig(_with_suffix(args.plot, suffix), dpi=120)
+        if args.netcdf:
+            diag.to_inference_data().to_netcdf(_with_suffix(args.netcdf, suffix))
+    return 0
+
+
+def _with_suffix(path: str, suffix: str) -> str:
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-{suffix}{p.suffix}"))
+
+
 def cmd_bench(args, rest: Sequence[str]) -> int:
     if args.name not in BENCHMARKS:
         raise UsageError(f"unknown benchmark {args.name!r}; known: {', '.join(BENCHMARKS)}")
@@ -224,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="write the comparison table as CSV")
     p.add_argument("--plot", help="write a forest plot (PNG) of the estimates")
 
+    p = sub.add_parser("layers", help="predicted against sampled moments, site by site")
+    common(p)
+    p.add_argument("--methods", default="mechanize:gaussian", help="comma-separated mechanistic methods")
+    p.add_argument("--plot", help="write a PNG per method (the method is appended to the name)")
+    p.add_argument("--netcdf", help="write ArviZ InferenceData per method (netCDF)")
+
     p = sub.add_parser("bench", help="run a benchmark (extra arguments go to it)")
     p.add_argument("name", help=", ".join(BENCHMARKS))
     return parser
@@ -238,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_bench(args, rest)
         if rest:
             raise UsageError(f"unrecognized arguments: {' '.join(rest)}")
-        return {"models": cmd_models, "estimate": cmd_estimate, "compare": cmd_compare}[
+        return {"models": cmd_models, "estimate": cmd_estimate, "compare": cmd_compare, "layers": cmd_layers}[
             args.command
         ](args)
     except UsageError as e:
