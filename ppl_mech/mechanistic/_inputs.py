@@ -16,6 +16,7 @@ import numpyro.distributions as dist
 from ppl_mech._capture import LatentSite
 from ppl_mech._errors import UnsupportedDistributionError
 
+from ._categorical import categorical_input
 from ._state import Handle, State
 
 
@@ -90,11 +91,14 @@ def input_handle(site: LatentSite, state: State) -> Handle:
         p = jnp.broadcast_to(jnp.asarray(fn.mean, jnp.result_type(float)), shape)
         zero = jnp.zeros(shape, p.dtype)
         return Handle(shape, dtype, "two_point", {"lo": zero, "hi": zero + 1, "p": p}, origin)
+    if isinstance(base, dist.CategoricalProbs | dist.CategoricalLogits):
+        return categorical_input(site.name, base.probs, shape, dtype)
     if isinstance(base, dist.Delta):
         raise UnsupportedDistributionError(
             f"site {site.name!r} is a Delta: make it a constant (substitute or plain jnp) instead"
         )
     raise UnsupportedDistributionError(
         f"site {site.name!r}: no input message for {type(base).__name__}; mechanize supports "
-        "Normal, MultivariateNormal, LowRankMultivariateNormal, Uniform and Bernoulli inputs"
+        "Normal, MultivariateNormal, LowRankMultivariateNormal, Uniform, Bernoulli and "
+        "Categorical inputs"
     )

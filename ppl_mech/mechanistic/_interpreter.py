@@ -21,6 +21,7 @@ from jax.extend.core import Literal
 
 from ppl_mech._errors import UnsupportedPrimitiveError
 
+from . import _categorical as categorical
 from . import _events as events
 from ._elementwise import compose, force, is_elementwise
 from ._linear import LINEAR_PRIMITIVES, affine_image, bind_eqn, bind_with, linear_rule
@@ -168,6 +169,15 @@ class Interpreter:
         out_aval = eqn.outvars[0].aval
         is_bool = out_aval.dtype == jnp.bool_
 
+        if "categorical" in kinds:
+            if kinds == {"categorical"} and categorical.is_exact_op(eqn, values, random):
+                return [categorical.apply(eqn, values, random, where)]
+            independent = kinds == {"categorical"} and name in categorical.ELEMENTWISE and \
+                categorical.unit_tokens(values, random, out_aval.shape)[2]
+            values = [self.leave_categorical(x, where, independent) for x in values]
+            kinds = {values[i].kind for i in random}
+            if kinds == {"two_point"}:  # booleans of independent tokens: exact product rules
+                return [self.discrete(eqn, values, random, where, independent=independent)]
         if kinds & {"events", "argmax"} or (kinds == {"two_point"} and self.state.family != "gaussian"):
             return [self.discrete(eqn, values, random, where)]
         if name in COMPARISONS or name in ("eq", "ne"):
@@ -201,6 +211,28 @@ class Interpreter:
             f"(family {self.state.family!r})"
         )
 
+    def leave_categorical(self, x, where: str, independent: bool = False):
+        """A categorical operand of an op that mixes tokens: exact moments, or a two-point law.
+
+        ``independent``: the op's categorical operands read different tokens in every unit,
+        so a boolean may become a two-point law without a presumption.
+        """
+        if not isinstance(x, Handle) or x.kind != "categorical":
+            return x
+        if x.dtype != jnp.bool_:
+            return categorical.to_moments(self.state, x, where)
+        if self.state.family == "gaussian" and not independent:
+            raise UnsupportedPrimitiveError(
+                f"{where}: a detector on categorical site {x.data['site']!r} combined with other "
+                "random values: the gaussian family has no joint law of tokens and Gaussian events "
+                "(use an independence family, or handlers.sample)"
+            )
+        p = categorical.expectation(x)
+        if not independent:
+            self.state.note(f"detector on categorical site {x.data['site']!r}: independence presumption")
+        zero = jnp.zeros(x.shape, jnp.bool_)
+        return Handle(x.shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
+
     def base_of(self, h: Handle) -> Handle:
         return h.data["base"] if h.kind == "lazy" else h
 
@@ -219,6 +251,8 @@ class Interpreter:
             return h
         if h.kind == "moments":
             return h
+        if h.kind == "categorical":
+            return self.leave_categorical(h, where)
         if h.kind == "two_point":
             lo, hi, p = h.data["lo"], h.data["hi"], h.data["p"]
             lo, hi = lo.astype(p.dtype), hi.astype(p.dtype)
@@ -368,8 +402,11 @@ class Interpreter:
         zero = jnp.zeros(shape, jnp.bool_)
         return Handle(shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
 
-    def discrete(self, eqn, values, random, where) -> Handle:
-        """Rules for booleans (events / two-point laws) and argmax comparisons."""
+    def discrete(self, eqn, values, random, where, independent: bool = False) -> Handle:
+        """Rules for booleans (events / two-point laws) and argmax comparisons.
+
+        ``independent``: the operands are known to be independent (no presumption).
+        """
         name = eqn.primitive.name
         aval = eqn.outvars[0].aval
         kinds = {values[i].kind for i in random}
@@ -386,7 +423,8 @@ class Interpreter:
         if aval.dtype == jnp.bool_ and name in ("and", "or", "reduce_and", "reduce_or", "not", "reduce_max",
                                                  "reduce_min"):
             p = [self.probability_true(x) for x in values]
-            self.state.note("and/or/all/any: independence presumption")
+            if not independent:
+                self.state.note("and/or/all/any: independence presumption")
             if name == "and":
                 q = p[0] * p[1]
             elif name == "or":
@@ -525,6 +563,12 @@ class Interpreter:
             return {"value": v.astype(float) if v.dtype == jnp.bool_ else v, "stderr": jnp.zeros(v.shape)}
         if value.kind == "lazy":
             self.moments(value, where)
+        if value.kind == "categorical":
+            mean = categorical.expectation(value)
+            out = {"value": mean, "stderr": jnp.zeros(value.shape)}
+            if value.dtype != jnp.bool_ and self.state.family != "mean":
+                out["variance"] = jnp.reshape(jnp.diagonal(categorical.covariance(value, value)), value.shape)
+            return out
         if value.kind == "moments":
             var = variance_of(self.state, value) if self.state.family != "mean" else None
             out = {"value": value.data["mean"], "stderr": jnp.zeros(value.shape)}

@@ -69,6 +69,7 @@ class State:
         self.active: dict[int, Handle] = {}
         self.notes: list[str] = []
         self.numbers: dict[str, Any] = {}
+        self.categorical_roots: dict[str, Handle] = {}
 
     # --- covariance blocks (gaussian family) ---------------------------------------
     def get_cov(self, a: Handle, b: Handle):
