@@ -24,6 +24,7 @@ from ._errors import PPLMechError
 
 BENCHMARKS = {
     "throughput": "ppl_mech.bench.throughput",
+    "polytope": "ppl_mech.bench.polytope",
 }
 
 
@@ -126,9 +127,17 @@ def cmd_compare(args) -> int:
 
     built = load_model(args.model, parse_options(args.option))
     options = _method_options(args)
-    runs = {m: _run(m, built, options) for m in args.methods.split(",") if m}
-    if not runs:
+    methods = [m for m in args.methods.split(",") if m]
+    if not methods:
         raise UsageError("--methods is empty")
+    runs, failures = {}, {}
+    for method in methods:  # one method that cannot handle the model does not stop the others
+        try:
+            runs[method] = _run(method, built, options)
+        except PPLMechError as e:
+            failures[method] = str(e)
+    if not runs:
+        raise PPLMechError("; ".join(f"{m}: {e}" for m, e in failures.items()))
     site = args.site[0] if args.site else built.catastrophe
     first = next(iter(runs.values()))
     if site not in first:
@@ -141,6 +150,8 @@ def cmd_compare(args) -> int:
         print(f"model {built.name}, site {site!r}"
               + (f", exact {_short(reference)}" if reference is not None else ""))
         print(table.to_string(float_format=lambda x: f"{x:.4g}"))
+    for method, error in failures.items():
+        print(f"{method}: not applicable: {error}")
     if args.csv:
         table.to_csv(args.csv)
     if args.plot:
