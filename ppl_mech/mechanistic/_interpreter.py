@@ -74,6 +74,8 @@ class Interpreter:
             self.drop(value)
 
     def drop(self, value: Handle) -> None:
+        if value.kind == "lazy" and value.id in self.keep:
+            return  # a reported output: forced (and its base released) when reported
         if value.kind == "lazy":
             value.kind = "dropped-lazy"
             self.release(value.data["base"])
@@ -180,6 +182,9 @@ class Interpreter:
                 return [self.discrete(eqn, values, random, where, independent=independent)]
         if kinds & {"events", "argmax"} or (kinds == {"two_point"} and self.state.family != "gaussian"):
             return [self.discrete(eqn, values, random, where)]
+        if name in ("eq", "ne") and len(values) == 2 and values[0] is values[1]:
+            # ``x != x`` is the NaN test (softplus, logaddexp): a message's values are never NaN
+            return [jnp.full(out_aval.shape, name == "eq")]
         if name in COMPARISONS or name in ("eq", "ne"):
             return [self.compare(eqn, values, random, where)]
         if name == "argmax":
