@@ -202,3 +202,50 @@ def relu_input_output_covariance(mean, cov):
     s, pos = _std(var)
     slope = jnp.where(pos, ndtr(mean / s), (mean > 0).astype(dtype))
     return cov * slope[..., None, :]
+
+
+def relu_hermite_coefficients(mean, var, order: int):
+    """Orthonormal Hermite coefficients of ``relu(mean + s Z)``, ``c_0..c_order`` on a leading axis.
+
+    Closed form by Stein's identity ``c_k = E[g^(k)(Z)] / sqrt(k!)`` with
+    ``g(z) = relu(mean + s z)``: ``c_0 = E relu``, ``c_1 = s Phi(a)`` and, for ``k >= 2``
+    (``g''`` is ``s`` times a point mass at ``z = -a``), ``c_k = s phi(a) He_{k-2}(-a) / sqrt(k!)``,
+    with ``a = mean / s``.
+    """
+    mean, var = _as_float(mean, var)
+    s, pos = _std(var)
+    a = jnp.where(pos, mean / s, 0.0)
+    pdf = _npdf(a)
+    coefficients = [relu_mean(mean, var), jnp.where(pos, s * ndtr(a), 0.0)]
+    he_prev, he = jnp.zeros_like(a), jnp.ones_like(a)  # He_{-1}, He_0 at -a
+    for k in range(2, order + 1):
+        coefficients.append(jnp.where(pos, s * pdf * he / math.sqrt(math.factorial(k)), 0.0))
+        he_prev, he = he, -a * he - (k - 2) * he_prev  # He_{m+1}(x) = x He_m - m He_{m-1}
+    return jnp.stack(coefficients)
+
+
+def relu_covariance_hermite(mean, cov, order: int = 16):
+    """``(mean, cov, bound)`` of ``relu(x)`` by the Mehler series, with its truncation bound.
+
+    ``Cov = sum_{k=1..order} c_k(i) c_k(j) rho_ij^k`` off the diagonal, the exact variance
+    on it. Each off-diagonal entry is within ``sqrt(T_i T_j) |rho_ij|^(order+1)`` of the
+    exact (Phi_2) covariance, ``T_i = Var_i - sum_k c_k(i)^2``; ``bound`` is the largest.
+    About ``3 * order`` FLOPs per pair, against a few hundred for the exact form.
+    """
+    dtype = jnp.result_type(mean, cov, 1.0)
+    mean, cov = jnp.asarray(mean, dtype), jnp.asarray(cov, dtype)
+    var = jnp.diagonal(cov)
+    mean_out, var_out = relu_moments(mean, var)
+    c = relu_hermite_coefficients(mean, var, order)[1:]  # (order, n)
+    s = jnp.sqrt(jnp.maximum(var, 0.0))
+    denom = s[:, None] * s[None, :]
+    rho = jnp.clip(jnp.where(denom > 0, cov / jnp.where(denom > 0, denom, 1.0), 0.0), -1.0, 1.0)
+    out = jnp.zeros_like(cov)
+    power = jnp.ones_like(cov)
+    for k in range(order):
+        power = power * rho
+        out = out + c[k][:, None] * c[k][None, :] * power
+    tail = jnp.maximum(var_out - jnp.sum(jnp.square(c), axis=0), 0.0)
+    off = ~jnp.eye(cov.shape[0], dtype=bool)
+    bound = jnp.max(jnp.where(off, jnp.sqrt(tail[:, None] * tail[None, :]) * jnp.abs(power * rho), 0.0))
+    return mean_out, jnp.where(off, out, jnp.diag(var_out)), bound
