@@ -75,10 +75,39 @@ def _sample(model, variant, options: MethodOptions):
     )
 
 
-@register_method("mechanize", ("gaussian", "diagonal", "mean"), "message propagation, no sampling")
+@register_method("mechanize", ("gaussian", "gaussian-hermite", "diagonal", "mean", "cumulant1", "cumulant2",
+                               "cumulant3", "cumulant4"), "message propagation, no sampling")
 def _mechanize(model, variant, options: MethodOptions):
     from ppl_mech.handlers import mechanize
 
+    family, order, relu = variant, None, "exact"
+    if variant.startswith("cumulant"):  # cumulantK: family "cumulant" of order K
+        family, order = "cumulant", int(variant[len("cumulant"):])
+    if variant == "gaussian-hermite":  # ReLU covariances by the Mehler series
+        family, relu = "gaussian", "hermite"
     return mechanize(
-        model, family=variant, sites=options.sites, rng_key=jax.random.PRNGKey(options.seed)
+        model, family=family, order=order, sites=options.sites,
+        rng_key=jax.random.PRNGKey(options.seed), relu=relu,
+    )
+
+
+@register_method("hybrid", METHODS["mechanize"][1],
+                 "mechanize (the variant) + a sampled correction, empirical-Bayes combined")
+def _hybrid(model, variant, options: MethodOptions):
+    from ppl_mech.handlers import hybrid
+
+    return hybrid(
+        model, base=variant, num_samples=options.num_samples,
+        rng_key=jax.random.PRNGKey(options.seed), sites=options.sites,
+    )
+
+
+@register_method("importance", ("tilted", "cross-entropy", "itgis", "mhis", "ams"),
+                 "importance sampling from a proposal fitted to the catastrophe")
+def _importance(model, variant, options: MethodOptions):
+    from ppl_mech.handlers import importance
+
+    return importance(
+        model, proposal=variant, num_samples=options.num_samples,
+        rng_key=jax.random.PRNGKey(options.seed), sites=options.sites,
     )

@@ -4,6 +4,7 @@
     ppl-mech estimate whestbench-256x8 --method sample --num-samples 1000000
     ppl-mech compare whestbench-256x8 --methods sample,mechanize:gaussian
     ppl-mech compare path/to/file.py:model --methods sample --site catastrophe
+    ppl-mech attack halfspaces -o offset=5.0 --kl-budget 20
     ppl-mech bench throughput
 
 Bad arguments print one line to stderr and exit with code 2.
@@ -24,6 +25,7 @@ from ._errors import PPLMechError
 
 BENCHMARKS = {
     "throughput": "ppl_mech.bench.throughput",
+    "expectations": "ppl_mech.bench.expectations",
     "polytope": "ppl_mech.bench.polytope",
 }
 
@@ -195,6 +197,41 @@ def _with_suffix(path: str, suffix: str) -> str:
     return str(p.with_name(f"{p.stem}-{suffix}{p.suffix}"))
 
 
+def cmd_attack(args) -> int:
+    """Search the input distribution within a KL budget for the most catastrophic one."""
+    import jax
+
+    from .attack import attack
+
+    built = load_model(args.model, parse_options(args.option))
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be positive, got {args.num_samples}")
+    target = args.site or built.catastrophe
+    try:
+        result = attack(built.model, built.args, built.kwargs, kl_budget=args.kl_budget, target=target,
+                        steps=args.steps, restarts=args.restarts, fit_scale=not args.mean_only,
+                        num_samples=args.num_samples, rng_key=jax.random.PRNGKey(args.seed))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(f"model {built.name}")
+    print(result.summary())
+    if target in built.exact:
+        print(f"  exact       P_p[C] = {_short(built.exact[target])}")
+    if args.json:
+        import numpy as np
+
+        Path(args.json).write_text(json.dumps({
+            "kl_budget": result.kl_budget, "kl": result.kl,
+            "mechanistic_probability_p": result.mechanistic_probability_p,
+            "mechanistic_probability_q": result.mechanistic_probability_q,
+            "verified_probability_q": float(np.asarray(result.verified.value)),
+            "importance_probability_p": float(np.asarray(result.importance.value)),
+            "mean_shift": {k: np.asarray(v).tolist() for k, v in result.mean_shift.items()},
+            "scale": {k: np.asarray(v).tolist() for k, v in result.scale.items()},
+        }, indent=1))
+    return 0
+
+
 def cmd_bench(args, rest: Sequence[str]) -> int:
     if args.name not in BENCHMARKS:
         raise UsageError(f"unknown benchmark {args.name!r}; known: {', '.join(BENCHMARKS)}")
@@ -270,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write a PNG per method (the method is appended to the name)")
     p.add_argument("--netcdf", help="write ArviZ InferenceData per method (netCDF)")
 
+    p = sub.add_parser("attack", help="the most catastrophic input distribution within a KL budget")
+    p.add_argument("model", help="a built-in model name, or path.py:name")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the built-in model (repeatable)")
+    p.add_argument("--kl-budget", type=float, required=True, help="B in KL(q || p) <= B (nats)")
+    p.add_argument("--site", help="the catastrophe site (default: the model's)")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps")
+    p.add_argument("--restarts", type=int, default=1, help="searches from random starts; best wins")
+    p.add_argument("--mean-only", action="store_true", help="shift the mean only (keep the scales)")
+    p.add_argument("--num-samples", "-n", type=int, default=2**14, help="draws from q to verify")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the result as JSON to this file")
+
     p = sub.add_parser("bench", help="run a benchmark (extra arguments go to it)")
     p.add_argument("name", help=", ".join(BENCHMARKS))
     return parser
@@ -282,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, rest = parser.parse_known_args(argv)
         if args.command == "bench":
             return cmd_bench(args, rest)
+        if args.command == "attack" and not rest:
+            return cmd_attack(args)
         if rest:
             raise UsageError(f"unrecognized arguments: {' '.join(rest)}")
         return {"models": cmd_models, "estimate": cmd_estimate, "compare": cmd_compare, "layers": cmd_layers}[

@@ -10,11 +10,13 @@ from scipy import integrate, stats
 
 from ppl_mech.cumulants import (
     CumulantMessage,
+    FactoredFourth,
     FactoredThird,
     RadialFourth,
     bivariate_normal_cdf,
     dense_fourth,
     dense_third,
+    diagram_classes,
     elementwise,
     gaussian_input,
     linear,
@@ -23,8 +25,9 @@ from ppl_mech.cumulants import (
     relu_bivariate_covariance,
     third_from_dense,
 )
+from ppl_mech.cumulants._fourth import correction_fourth, factored_fourth_slices
 from ppl_mech.cumulants._linear import dense_linear
-from ppl_mech.cumulants._message import third_diagonal, third_pair_slice
+from ppl_mech.cumulants._message import symmetrize, third_diagonal, third_pair_slice
 from ppl_mech.cumulants._wick import relu_wick
 
 
@@ -333,6 +336,166 @@ def test_third_cumulant_rank_grows_2n_per_layer_and_readout():
     assert all(np.all(np.isfinite(np.asarray(m.cov))) for m in msgs)
 
 
-def test_order_four_is_reported_not_silently_dropped():
-    with pytest.raises(NotImplementedError, match="K=4"):
-        gaussian_input(jnp.zeros(3), jnp.eye(3), 4)
+def test_orders_beyond_four_are_refused():
+    with pytest.raises(NotImplementedError, match="K=5"):
+        gaussian_input(jnp.zeros(3), jnp.eye(3), 5)
+    with pytest.raises(NotImplementedError, match="K=0"):
+        elementwise(gaussian_input(jnp.zeros(3), jnp.eye(3), 2), "relu", 0)
+
+
+# --- order K = 4: dense k3, factored k4 ---------------------------------------------------
+
+
+def _random_fourth(rng, n, rank):
+    b = rng.normal(size=(n, n, rank)) * 0.3
+    return FactoredFourth(
+        jnp.asarray(rng.normal(size=(n, rank)) * 0.5),
+        jnp.asarray(rng.normal(size=(n, rank)) * 0.5),
+        jnp.asarray(b + b.transpose(1, 0, 2)),
+    )
+
+
+def _random_order4_message(rng, n, rank=3):
+    k3 = symmetrize(jnp.asarray(rng.normal(size=(n, n, n)) * 0.2))
+    return CumulantMessage(
+        jnp.asarray(rng.normal(size=n)), jnp.asarray(_spd(rng, n)), k3, _random_fourth(rng, n, rank)
+    )
+
+
+def _quadratic_cumulants(mu, S):
+    """Exact cumulants (orders 1..4) of x = z^2, z ~ N(mu, S), by Wick's theorem for
+    z = mu + y: a joint cumulant of the x's is a sum over Hamiltonian cycles (every vertex
+    y^2) and paths (ends 2 mu y, inner vertices y^2) through its indices, each cycle or
+    path carrying 2 leg choices per y^2 vertex."""
+    import itertools
+
+    def over_orders(base):
+        d = base.ndim
+        return sum(np.transpose(base, pi) for pi in itertools.permutations(range(d)))
+
+    k1 = mu**2 + np.diag(S)
+    k2 = 2 * S**2 + 4 * np.outer(mu, mu) * S
+    # 3 indices: one triangle (8 leg choices, 6 orderings), 3 paths (8 each, 2 orderings).
+    k3 = (8 / 6) * over_orders(np.einsum("ab,bc,ca->abc", S, S, S)) + 4 * over_orders(
+        np.einsum("a,ab,bc,c->abc", mu, S, S, mu)
+    )
+    # 4 indices: 3 cycles (16 each, 8 orderings), 12 paths (16 each, 2 orderings).
+    k4 = 2 * over_orders(np.einsum("ab,bc,cd,da->abcd", S, S, S, S)) + 8 * over_orders(
+        np.einsum("a,ab,bc,cd,d->abcd", mu, S, S, S, mu)
+    )
+    return [k1, k2, k3, k4]
+
+
+def test_order4_diagram_classes_are_the_trees():
+    """The all-distinct fourth-cumulant diagrams of cost <= 3: the input k4 block (1 labelled
+    diagram), the covariance star (4), path (12) and k3-plus-edge (12)."""
+    classes = dict(diagram_classes((1, 1, 1, 1)))
+    by_shape = sorted((sorted(sum(v) for v in blocks), count) for blocks, count in classes.items())
+    assert by_shape == [([2, 2, 2], 4), ([2, 2, 2], 12), ([2, 3], 12), ([4], 1)]
+    # Pairs: every diagram of cost <= 3 (pure covariance up to a triple edge).
+    assert sum(count for _, count in diagram_classes((1, 1))) == 15
+
+
+def test_factored_fourth_slices_and_correction_match_dense(x64):
+    rng = np.random.default_rng(20)
+    n = 5
+    fourth = _random_fourth(rng, n, 4)
+    k4 = np.asarray(dense_fourth(fourth))
+    s = factored_fourth_slices(fourth)
+    np.testing.assert_allclose(s[(4,)], np.einsum("iiii->i", k4), atol=1e-12)
+    np.testing.assert_allclose(s[(3, 1)], np.einsum("iiij->ij", k4), atol=1e-12)
+    np.testing.assert_allclose(s[(2, 2)], np.einsum("iijj->ij", k4), atol=1e-12)
+    np.testing.assert_allclose(s[(2, 1, 1)], np.einsum("iijk->ijk", k4), atol=1e-12)
+    # The correction reproduces given repeated-index slices and has no all-distinct part.
+    i, j, k, l = np.indices((n,) * 4)
+    distinct = (i != j) & (i != k) & (i != l) & (j != k) & (j != l) & (k != l)
+    masked = {
+        key: v * (np.ones(n) if len(key) == 1 else _distinct(len(key), n))
+        for key, v in s.items()
+    }
+    corr = np.asarray(dense_fourth(correction_fourth(masked, n, jnp.float64)))
+    np.testing.assert_allclose(np.where(distinct, 0.0, k4), corr, atol=1e-12)
+
+
+def _distinct(d, n):
+    idx = np.indices((n,) * d)
+    out = np.ones((n,) * d, bool)
+    for a in range(d):
+        for b in range(a + 1, d):
+            out &= idx[a] != idx[b]
+    return out
+
+
+def test_order4_linear_step_is_exact(x64):
+    rng = np.random.default_rng(21)
+    n_in, n_out = 5, 4
+    msg = _random_order4_message(rng, n_in)
+    W, b = jnp.asarray(rng.normal(size=(n_in, n_out))), jnp.asarray(rng.normal(size=n_out))
+    out = linear(msg, W, b)
+    assert message_order(out) == 4
+    W = np.asarray(W)
+    np.testing.assert_allclose(out.cov, W.T @ np.asarray(msg.cov) @ W, atol=1e-12)
+    k3 = np.einsum("abc,ai,bj,ck->ijk", np.asarray(msg.third), W, W, W, optimize=True)
+    np.testing.assert_allclose(out.third, k3, atol=1e-12)
+    k4 = np.einsum("abcd,ai,bj,ck,dl->ijkl", np.asarray(dense_fourth(msg.fourth)), W, W, W, W,
+                   optimize=True)
+    np.testing.assert_allclose(dense_fourth(out.fourth), k4, atol=1e-12)
+
+
+def test_order4_square_of_gaussian_is_exact_up_to_cost4_diagrams(x64):
+    """x = z^2, z ~ N(mu, S). K = 4 keeps every power-cumulant diagram of cost <= 3, so
+    mean, covariance and third cumulant are exact (the cost-3 triangle included, unlike
+    K = 3), the (4) and (3,1) slices of k4 too; what is left out is known in closed form:
+    the three 4-cycles 16 S S S S of the all-distinct slice (cost 4), and in the power
+    cumulants k(z_i^4, z_j^2, z_k^2) and k(z_i^4, z_j^4) the double-double edges
+    S_ij^2 S_ik^2 / (2! 2!) c_i(4,2) c_j(2,1) c_k(2,1) = 24 S_ij^2 S_ik^2 and
+    S_ij^4 / 4! c(4,2)^2 = 24 S_ij^4."""
+    rng = np.random.default_rng(22)
+    n = 5
+    mu, S = rng.normal(size=n), _spd(rng, n)
+    exact = _quadratic_cumulants(mu, S)
+    out = elementwise(gaussian_input(jnp.asarray(mu), jnp.asarray(S), 4), "square", 4)
+    np.testing.assert_allclose(out.mean, exact[0], atol=1e-10)
+    np.testing.assert_allclose(out.cov, exact[1], atol=1e-10)
+    np.testing.assert_allclose(out.third, exact[2], atol=1e-9)
+    dropped = np.asarray(exact[3]) - np.asarray(dense_fourth(out.fourth))
+    i, j, k, l = np.indices((n,) * 4)
+    cycles = 16 * (
+        np.einsum("ij,jk,kl,li->ijkl", S, S, S, S)
+        + np.einsum("ij,jl,lk,ki->ijkl", S, S, S, S)
+        + np.einsum("ik,kj,jl,li->ijkl", S, S, S, S)
+    )
+    want = np.zeros((n,) * 4)
+    want = np.where(_distinct(4, n), cycles, want)
+    want = np.where((i == j) & (k != l) & (k != i) & (l != i), 24 * S[i, k] ** 2 * S[i, l] ** 2, want)
+    want = np.where((i == j) & (k == l) & (i != k), 24 * S[i, k] ** 4, want)
+    # symmetric placements of the repeated pair are covered by symmetry of both tensors
+    sym_dropped = np.asarray(symmetrize(jnp.asarray(dropped)))
+    np.testing.assert_allclose(dropped, sym_dropped, atol=1e-9)
+    mask = (i == j) | _distinct(4, n)
+    np.testing.assert_allclose(np.where(mask, dropped, 0.0), want, atol=1e-8)
+
+
+def test_order4_mean_and_covariance_of_square_exact_for_non_gaussian_input(x64):
+    rng = np.random.default_rng(23)
+    n = 5
+    msg = _random_order4_message(rng, n)
+    mu, S = np.asarray(msg.mean), np.asarray(msg.cov)
+    k3, k4 = np.asarray(msg.third), np.asarray(dense_fourth(msg.fourth))
+    sq = elementwise(msg, "square", 4)
+    np.testing.assert_allclose(sq.mean, mu**2 + np.diag(S), atol=1e-10)
+    k_iij = np.einsum("iij->ij", k3)
+    want_cov = (
+        4 * np.outer(mu, mu) * S
+        + 2 * S**2
+        + 2 * mu[:, None] * k_iij.T
+        + 2 * mu[None, :] * k_iij
+        + np.einsum("iijj->ij", k4)
+    )
+    np.testing.assert_allclose(sq.cov, want_cov, atol=1e-9)
+    cube = elementwise(msg, "cube", 4)
+    np.testing.assert_allclose(cube.mean, mu**3 + 3 * mu * np.diag(S) + np.einsum("iii->i", k3), atol=1e-9)
+
+
+# Order 4 against Monte Carlo and under jax.grad: tests/test_cumulant_family.py (through the
+# jaxpr interpreter, which uses these functions).

@@ -147,3 +147,15 @@ def test_errors_name_the_primitive_and_the_site():
         handlers.mechanize(hidden_randomness)()
     with pytest.raises(ValueError, match="family"):
         handlers.mechanize(bad_primitive, family="nope")()
+
+
+def test_two_latent_sites_are_independent(x64):
+    def model():
+        x = numpyro.sample("x", dist.Normal(1.0, 2.0).expand([3]).to_event(1))
+        e = numpyro.sample("e", dist.Normal(0.5, 1.0).expand([3]).to_event(1))
+        y = numpyro.deterministic("y", x + e)
+        numpyro.deterministic("tail", y[0] > 4.0)
+
+    r = handlers.mechanize(model)()
+    np.testing.assert_allclose(np.asarray(r["y"].diagnostics["variance"]), 5.0, rtol=1e-12)
+    assert float(r["tail"].value) == pytest.approx(stats.norm.sf(4.0, 1.5, np.sqrt(5.0)), rel=1e-10)

@@ -629,3 +629,36 @@ def test_mehler_float32():
     with jax.enable_x64(True):
         c64 = mehler_covariance(jnp.tanh, mean.astype(np.float64), cov.astype(np.float64))
     np.testing.assert_allclose(c, c64, atol=1e-6)
+
+
+def test_relu_hermite_covariance_is_within_its_bound(x64):
+    from ppl_mech.rules.mehler import hermite_coefficients
+    from ppl_mech.rules.relu import relu_covariance, relu_covariance_hermite, relu_hermite_coefficients
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((6, 6))
+    cov = a @ a.T / 6
+    mean = 0.7 * rng.standard_normal(6)
+    exact_mean, exact_cov = relu_covariance(mean, cov)
+    for order in (4, 8, 16, 32):
+        c, bound = relu_covariance_hermite(mean, cov, order)[1:]
+        np.testing.assert_allclose(relu_covariance_hermite(mean, cov, order)[0], exact_mean, rtol=1e-14)
+        np.testing.assert_allclose(np.diag(c), np.diag(exact_cov), rtol=1e-12)
+        assert np.max(np.abs(c - exact_cov)) <= float(bound) + 1e-14
+    # closed-form coefficients against quadrature (which the kink, 6 sd away, limits to ~1e-9)
+    coeffs = relu_hermite_coefficients(jnp.asarray([3.0]), jnp.asarray([0.25]), 5)[:, 0]
+    quad = hermite_coefficients(jax.nn.relu, jnp.asarray([3.0]), jnp.asarray([0.25]), 5, degree=100)[0]
+    np.testing.assert_allclose(coeffs, quad, atol=1e-8)
+
+
+def test_mechanize_relu_hermite_matches_exact_on_a_random_net(x64):
+    from ppl_mech.models import get_model
+
+    from ppl_mech import handlers
+
+    b = get_model("whestbench", width=32, depth=3)
+    exact = handlers.mechanize(b.model, sites=["layer_3"])(*b.args, **b.kwargs)["layer_3"]
+    fast = handlers.mechanize(b.model, sites=["layer_3"], relu="hermite")(*b.args, **b.kwargs)["layer_3"]
+    assert fast.method == "mechanize[gaussian,relu=hermite]"
+    assert float(fast.diagnostics["mehler_truncation_bound"]) < 1e-3
+    np.testing.assert_allclose(np.asarray(fast.value), np.asarray(exact.value), atol=1e-4)

@@ -14,8 +14,16 @@ Representation (after ARC's factored cumulant propagation, arXiv:2605.05179):
   G = I and ``scale`` is the orthogonal projection of the true fourth cumulant onto
   Sym(I (x) I); a linear map sends G to W^T G W (exact for this form).
 
+At order K = 4 (ARC's factored K = 4, SIMPLE term set) the message keeps the full third
+and fourth cumulants instead:
+
+* ``third`` — the dense (n, n, n) third cumulant (``None`` for zero, e.g. a Gaussian input);
+* ``fourth`` — :class:`FactoredFourth`, ``k4 = Sym(sum_r p_r (x) q_r (x) B_r)`` with
+  ``p, q`` (n, R) and ``B`` (n, n, R) symmetric in its first two axes; a linear map
+  multiplies p and q by W^T and contracts B with W on both of its unit axes (exact).
+
 The order K is read from the structure: ``cov.ndim == 1`` means K = 1, ``third is None``
-means K = 2, otherwise K = 3.
+means K = 2, a :class:`FactoredFourth` means K = 4, otherwise K = 3.
 """
 
 from __future__ import annotations
@@ -41,19 +49,34 @@ class RadialFourth(NamedTuple):
     metric: Array
 
 
+class FactoredFourth(NamedTuple):
+    """Fourth cumulant ``Sym(sum_r p_r (x) q_r (x) B_r)``; p, q: (n, R); B: (n, n, R), B = B^T per r.
+
+    The ``p (x) q`` half is rank one per column because every term K = 4 creates is an
+    input-covariance edge ``(i, j)`` times a Kronecker delta (``q = I``), and linear maps
+    keep that form; it costs (n, R) instead of ARC's (n, n, R).
+    """
+
+    p: Array
+    q: Array
+    b: Array
+
+
 class CumulantMessage(NamedTuple):
     """Cumulants of a layer's units up to order K (see the module docstring)."""
 
     mean: Array
     cov: Array
-    third: FactoredThird | None = None
-    fourth: RadialFourth | None = None
+    third: FactoredThird | Array | None = None
+    fourth: RadialFourth | FactoredFourth | None = None
 
 
 def message_order(message: CumulantMessage) -> int:
-    """The order K a message carries (1, 2 or 3), read from its structure."""
+    """The order K a message carries (1 to 4), read from its structure."""
     if message.cov.ndim == 1:
         return 1
+    if isinstance(message.fourth, FactoredFourth):
+        return 4
     if message.third is None:
         return 2
     return 3
@@ -79,17 +102,23 @@ def gaussian_input(mean: Array, cov: Array, order: int) -> CumulantMessage:
         cov = jnp.diag(cov)
     if order == 2:
         return CumulantMessage(mean, cov)
+    if order == 4:
+        none = jnp.zeros((n, 0), mean.dtype)
+        return CumulantMessage(mean, cov, None, FactoredFourth(none, none, jnp.zeros((n, n, 0), mean.dtype)))
     empty = jnp.zeros((n, 0), mean.dtype)
     third = FactoredThird(empty, empty, empty)
     fourth = RadialFourth(jnp.zeros((), mean.dtype), jnp.eye(n, dtype=mean.dtype))
     return CumulantMessage(mean, cov, third, fourth)
 
 
+ORDERS = (1, 2, 3, 4)
+
+
 def _check_order(order: int) -> None:
-    if order not in (1, 2, 3):
+    if order not in ORDERS:
         raise NotImplementedError(
-            f"cumulant order K={order} is not implemented; K in (1, 2, 3) is "
-            "(K=4 needs ARC's factored fourth cumulant, see docs/cumulant_propagation.md)"
+            f"cumulant order K={order!r} is not implemented; choose K in {ORDERS} "
+            "(see docs/cumulant_propagation.md)"
         )
 
 
@@ -129,13 +158,17 @@ def symmetrize(t: Array) -> Array:
     return sum(jnp.transpose(t, p) for p in perms) / len(perms)
 
 
-def dense_third(third: FactoredThird) -> Array:
+def dense_third(third: FactoredThird | Array) -> Array:
     """Materialise the (n, n, n) third cumulant (tests and small n only)."""
+    if not isinstance(third, FactoredThird):
+        return jnp.asarray(third)
     return symmetrize(jnp.einsum("ir,jr,kr->ijk", *third))
 
 
-def dense_fourth(fourth: RadialFourth) -> Array:
+def dense_fourth(fourth: RadialFourth | FactoredFourth) -> Array:
     """Materialise the (n, n, n, n) fourth cumulant (tests and small n only)."""
+    if isinstance(fourth, FactoredFourth):
+        return symmetrize(jnp.einsum("ir,jr,klr->ijkl", *fourth))
     return fourth.scale * symmetrize(jnp.einsum("ij,kl->ijkl", fourth.metric, fourth.metric))
 
 

@@ -27,8 +27,10 @@ import jax.numpy as jnp
 from jax import Array
 
 from ._bivariate import gaussian_covariance
+from ._fourth import fourth_order_step
 from ._message import (
     CumulantMessage,
+    FactoredFourth,
     FactoredThird,
     RadialFourth,
     _check_order,
@@ -40,6 +42,9 @@ from ._message import (
 )
 from ._wick import Activation
 
+_MAX_LEGS = 5
+"""Most legs on one unit in a diagram of cost <= 3 (e.g. k4[iiii] plus an edge)."""
+
 
 def elementwise(
     message: CumulantMessage,
@@ -48,7 +53,7 @@ def elementwise(
     *,
     mehler_degree: int = 16,
 ) -> CumulantMessage:
-    """Cumulants of ``f(z)`` (f elementwise) kept to order ``order`` (K = 1, 2, 3).
+    """Cumulants of ``f(z)`` (f elementwise) kept to order ``order`` (K = 1, 2, 3, 4).
 
     ``activation``: "relu" (closed forms), "gelu", "tanh", "sigmoid", "erf", "square",
     "cube", "identity", or any scalar callable (Gauss–Hermite quadrature; at K >= 2 the
@@ -63,7 +68,10 @@ def elementwise(
 
     def c(k: int, p: int) -> Array:
         if (k, p) not in cache:
-            cache[(k, p)] = act.wick(mean, var, k, p)
+            if order >= 3 and not cache:  # every coefficient the step needs, in one go
+                cache.update(act.wick_table(mean, var, _MAX_LEGS, 4))
+            if (k, p) not in cache:
+                cache[(k, p)] = act.wick(mean, var, k, p)
         return cache[(k, p)]
 
     if order == 1:
@@ -74,7 +82,20 @@ def elementwise(
     gauss_cov = gaussian_covariance(act, mean, cov_in, mehler_degree)
     if order == 2:
         return CumulantMessage(c(0, 1), gauss_cov)
+    if order == 4:
+        if not isinstance(message.fourth, FactoredFourth):
+            message = _as_fourth_order(message)
+        return fourth_order_step(message, cov_in, gauss_cov, c)
     return _third_order_step(message, cov_in, gauss_cov, c)
+
+
+def _as_fourth_order(message: CumulantMessage) -> CumulantMessage:
+    """A K <= 2 message (no higher cumulants) in the K = 4 representation."""
+    if message.third is not None or message.fourth is not None:
+        raise ValueError("order 4 needs a K = 4 message (dense k3, FactoredFourth) or a Gaussian one")
+    n, dtype = message.mean.shape[0], message.mean.dtype
+    none = jnp.zeros((n, 0), dtype)
+    return message._replace(fourth=FactoredFourth(none, none, jnp.zeros((n, n, 0), dtype)))
 
 
 def _third_order_step(

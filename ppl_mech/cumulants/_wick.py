@@ -72,6 +72,30 @@ def relu_wick(mean: Array, var: Array, k: int, p: int) -> Array:
     return sign * math.factorial(p) * std ** (p - k) * hermite_he(k - p - 1, a) * norm_pdf(a)
 
 
+def relu_wick_table(mean: Array, var: Array, max_k: int, max_p: int) -> dict[tuple[int, int], Array]:
+    """:func:`relu_wick` for all k <= max_k, 1 <= p <= max_p, sharing a, phi(a), Phi(a)."""
+    std = _std(var)
+    a = mean / std
+    pdf, cdf = norm_pdf(a), ndtr(a)
+    t = [cdf, pdf]
+    for j in range(2, max_p + 1):
+        t.append((-a) ** (j - 1) * pdf + (j - 1) * t[j - 2])
+    power_mean = [
+        sum(math.comb(m, j) * mean ** (m - j) * std**j * t[j] for j in range(m + 1))
+        for m in range(max_p + 1)
+    ]
+    he = [hermite_he(m, a) * pdf for m in range(max(max_k - 1, 0) + 1)]
+    out = {}
+    for p in range(1, max_p + 1):
+        for k in range(max_k + 1):
+            if k <= p:
+                out[(k, p)] = math.perm(p, k) * power_mean[p - k]
+            else:
+                sign = -1.0 if (k + p + 1) % 2 else 1.0
+                out[(k, p)] = sign * math.factorial(p) * std ** (p - k) * he[k - p - 1]
+    return out
+
+
 @cache
 def _hermegauss(deg: int) -> tuple[np.ndarray, np.ndarray]:
     nodes, weights = np.polynomial.hermite_e.hermegauss(deg)
@@ -153,3 +177,26 @@ class Activation:
         if self.is_relu:
             return relu_wick(mean, var, k, p)
         return quadrature_wick(self.fn, mean, var, k, p, self.quadrature_degree)
+
+    def wick_table(self, mean: Array, var: Array, max_k: int, max_p: int) -> dict[tuple[int, int], Array]:
+        """``{(k, p): E[d^k f(z)^p]}`` for k <= max_k, 1 <= p <= max_p, sharing the work
+        (one evaluation of f at the quadrature nodes; one set of ReLU truncated moments)."""
+        if self.is_relu:
+            return relu_wick_table(mean, var, max_k, max_p)
+        nodes, weights = _hermegauss(self.quadrature_degree)
+        nodes = jnp.asarray(nodes, mean.dtype)
+        weights = jnp.asarray(weights, mean.dtype)
+        std = _std(var)
+        fz = self.fn(mean[..., None] + std[..., None] * nodes)
+        powers = [fz]
+        for _ in range(1, max_p):
+            powers.append(powers[-1] * fz)
+        he = jnp.stack([hermite_he(k, nodes) for k in range(max_k + 1)]) * weights  # (K+1, Q)
+        table = jnp.einsum("pnq,kq->kpn", jnp.stack(powers), he)
+        inv_std = 1.0 / std
+        out = {}
+        for k in range(max_k + 1):
+            scale = inv_std**k
+            for p in range(1, max_p + 1):
+                out[(k, p)] = table[k, p - 1] * scale
+        return out

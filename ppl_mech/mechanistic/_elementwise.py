@@ -38,6 +38,7 @@ from ._thresholds import relu_preimage
 
 GAUSS_HERMITE_DEGREE = 64
 MEHLER_ORDER = 16
+RELU_HERMITE_ORDER = 16  # relu's coefficients decay like k^(-5/4); the bound is reported
 
 ELEMENTWISE = {
     "add", "sub", "mul", "div", "neg", "max", "min", "exp", "exp2", "log", "log1p", "expm1",
@@ -163,7 +164,7 @@ def _stein_cross(state: State, base: Handle, new: Handle, coefficient) -> None:
 
 
 def _closed(state: State, base: Handle, structure, origin: str) -> Handle:
-    from ppl_mech.rules.relu import relu_covariance, relu_moments
+    from ppl_mech.rules.relu import relu_covariance, relu_covariance_hermite, relu_moments
 
     _, pre, kind, post = structure
     mean0 = base.data["mean"]
@@ -175,8 +176,12 @@ def _closed(state: State, base: Handle, structure, origin: str) -> Handle:
         cov = af[:, None] * state.get_cov(base, base) * af[None, :]
         var = jnp.reshape(jnp.diagonal(cov), base.shape)
         std = jnp.sqrt(jnp.maximum(var, 0))
-        if kind == "relu":
+        if kind == "relu" and state.relu == "hermite":
+            out_mean, out_cov, bound = relu_covariance_hermite(jnp.reshape(m, (-1,)), cov, RELU_HERMITE_ORDER)
+            state.record("mehler_truncation_bound", bound)
+        elif kind == "relu":
             out_mean, out_cov = relu_covariance(jnp.reshape(m, (-1,)), cov)
+        if kind == "relu":
             out_mean = jnp.reshape(out_mean, base.shape)
             safe = jnp.where(std > 0, std, 1.0)
             stein = jnp.where(std > 0, jax.scipy.special.ndtr(m / safe), (m > 0).astype(m.dtype))

@@ -15,16 +15,18 @@ from ppl_mech._cost import compile_with_cost, is_traced
 from ppl_mech._errors import ModelError
 from ppl_mech._result import Cost, Results, SiteResult
 
+from ._cumulant_family import DEFAULT_ORDER, check_order, propagate_cumulants
 from ._inputs import input_handle
 from ._interpreter import Interpreter
 from ._state import State
 
 FAMILIES = ("mean", "diagonal", "gaussian")
+RELU_COVARIANCES = ("exact", "hermite")
 INDEPENDENCE_NOTE = "independence presumption: units treated as independent ({family} family)"
 
 
 def propagate(model: Callable, args: Sequence, kwargs: Mapping, *, family: str,
-              sites: Sequence[str] | None, key, num_samples: int):
+              sites: Sequence[str] | None, key, num_samples: int, relu: str = "exact"):
     """Traceable core: ``({site: {'value', 'stderr', ...}}, notes, booleans)``."""
     program = capture_program(model, args, kwargs)
     if program.uses_prng_key:
@@ -34,10 +36,15 @@ def propagate(model: Callable, args: Sequence, kwargs: Mapping, *, family: str,
         )
     wanted = list(program.outputs) if sites is None else list(sites)
     jaxpr = program.make_jaxpr(wanted)
-    state = State(family)
+    state = State(family, relu=relu)
     if family != "gaussian":
         state.note(INDEPENDENCE_NOTE.format(family=family))
     inputs = [input_handle(site, state) for site in program.latents.values()]
+    if family == "gaussian":  # latent sites are independent of each other
+        gaussian = [h for h in inputs if h.kind == "moments"]
+        for i, a in enumerate(gaussian):
+            for b in gaussian[:i]:
+                state.set_cov(a, b, jnp.zeros((a.size, b.size), a.data["mean"].dtype))
     interpreter = Interpreter(state, key=key, num_samples=num_samples)
     outs = interpreter.run(jaxpr.jaxpr, jaxpr.consts, inputs, top_level=True)
     estimates = {
@@ -61,10 +68,18 @@ def mechanistic_estimate(
     rng_key: jax.Array | None = None,
     num_samples: int = 10_000,
     level: float = 0.95,
+    order: int | None = None,
+    relu: str = "exact",
 ) -> Results:
     """See ``handlers.mechanize``."""
-    if family not in FAMILIES:
+    if relu not in RELU_COVARIANCES:
+        raise ValueError(f"relu={relu!r}: choose one of {RELU_COVARIANCES}")
+    if family not in FAMILIES and family != "cumulant":
         raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES} (or 'cumulant')")
+    if family == "cumulant":
+        order = check_order(DEFAULT_ORDER if order is None else order)
+    elif order is not None:
+        raise ValueError(f"order={order!r} applies to family='cumulant' only (family is {family!r})")
     kwargs = dict(kwargs or {})
     key = jax.random.PRNGKey(0) if rng_key is None else rng_key
     layout, dynamic = ModelArgs.split(args, kwargs)
@@ -72,9 +87,12 @@ def mechanistic_estimate(
 
     def run(dyn, key):
         a, k = layout.merge(dyn)
-        estimates, notes, booleans = propagate(
-            model, a, k, family=family, sites=sites, key=key, num_samples=num_samples
-        )
+        if family == "cumulant":
+            estimates, notes, booleans = propagate_cumulants(model, a, k, order=order, sites=sites)
+        else:
+            estimates, notes, booleans = propagate(
+                model, a, k, family=family, sites=sites, key=key, num_samples=num_samples, relu=relu
+            )
         side["notes"], side["booleans"] = notes, booleans
         return estimates
 
@@ -87,7 +105,9 @@ def mechanistic_estimate(
         cost = Cost(flops=flops, seconds=time.perf_counter() - start, evaluations=0,
                     compile_seconds=compile_seconds)
     z = float(scipy.stats.norm.ppf(0.5 + level / 2))
-    method = f"mechanize[{family}]"
+    method = f"mechanize[{family}{order if family == 'cumulant' else ''}]"
+    if relu != "exact" and family == "gaussian":
+        method = f"mechanize[{family},relu={relu}]"
     results = {}
     for name, est in estimates.items():
         value, stderr = est["value"], est["stderr"]

@@ -63,8 +63,9 @@ class State:
         notes: approximations made, reported in the result's diagnostics.
     """
 
-    def __init__(self, family: str):
+    def __init__(self, family: str, relu: str = "exact"):
         self.family = family
+        self.relu = relu  # "exact" (Phi_2 closed form) or "hermite" (Mehler series) covariances
         self.cov: dict[tuple[int, int], Any] = {}
         self.active: dict[int, Handle] = {}
         self.notes: list[str] = []

@@ -1,0 +1,376 @@
+"""The ``cumulant`` family: walk the jaxpr with cumulant messages of order K (1..4).
+
+After ARC, *Estimating the expected output of wide random MLPs more efficiently than
+sampling* (see ``docs/cumulant_propagation.md`` and :mod:`ppl_mech.cumulants`). All latent
+sites (Gaussian) form one input *message*: the joint cumulants of a flat vector of units.
+A random value of the program is then one of
+
+* ``affine``: ``fn(u)`` for the units ``u`` of one message, ``fn`` affine, composed from
+  the linear equations met so far (``dot_general`` with a constant matrix, adds of
+  constants, reshapes, slices, ...). Two affine values of the *same* message combine
+  exactly (``x[:n] + x[n:]``); values of different messages (e.g. a residual connection
+  around a nonlinearity) have unknown joint cumulants and raise an error.
+* ``lazy``: an elementwise chain ``f(base)`` of one affine value (``relu`` is ``max(z, 0)``,
+  ``gelu`` traces to erf or tanh arithmetic), fused into one scalar function, exactly as
+  the other families do (:func:`ppl_mech.mechanistic._elementwise.compose`).
+
+A value is *materialised* into a message when something needs its cumulants: an
+elementwise chain meets a non-elementwise equation (the chain's base is mapped through
+its affine ``fn`` -- :func:`ppl_mech.cumulants.linear_map`, the JVP applied to every
+cumulant leg -- and then through :func:`ppl_mech.cumulants.elementwise`, ReLU by closed
+forms, anything else by Gauss–Hermite quadrature), or an output site is reported (mean
+and covariance only). At K = 1 (variances only) the variance image is composed equation
+by equation, as the ``diagonal`` family does.
+
+Everything is pure JAX on the traced program: it runs under ``jax.jit`` and ``jax.grad``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from jax.extend.core import Literal
+
+from ppl_mech import cumulants
+from ppl_mech._capture import LatentSite, capture_program
+from ppl_mech._errors import ModelError, UnsupportedDistributionError, UnsupportedPrimitiveError
+
+from ._elementwise import _affine_of, compose, is_elementwise
+from ._inputs import _full_covariance, _unwrap
+from ._interpreter import CALL_JAXPR_PARAMS, COMPARISONS, describe
+from ._linear import LINEAR_PRIMITIVES, bind_eqn, bind_with, check_affine, variance_image
+from ._state import Handle
+
+ORDERS = cumulants.ORDERS
+DEFAULT_ORDER = 3
+DETECTOR_ERROR = (
+    "the cumulant family estimates expectations of real-valued sites; use "
+    "family='gaussian' for detectors (boolean sites), or pass sites=[...] naming real-valued ones"
+)
+
+
+def check_order(order) -> int:
+    """Validate the cumulant order K (an int in 1..4)."""
+    if isinstance(order, bool) or not isinstance(order, int) or order not in ORDERS:
+        raise ValueError(f"family='cumulant' needs order in {ORDERS} (an int), got order={order!r}")
+    return order
+
+
+class Node:
+    """One materialised message: the joint cumulants of a flat vector of units."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: cumulants.CumulantMessage):
+        self.message = message
+
+
+def _affine(node: Node, shape, dtype, fn, var_fn, origin: str, identity: bool = False) -> Handle:
+    return Handle(shape, dtype, "affine",
+                  {"node": node, "fn": fn, "var_fn": var_fn, "identity": identity}, origin)
+
+
+def _reshaper(shape):
+    return lambda u: jnp.reshape(u, shape)
+
+
+def _live_equations(jaxpr) -> list:
+    """The equations that the outputs depend on (dead code, e.g. an unrequested detector, is
+    skipped so that it cannot raise)."""
+    needed = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+    live = []
+    for eqn in reversed(jaxpr.eqns):
+        if any(v in needed for v in eqn.outvars) or eqn.effects:
+            live.append(eqn)
+            needed.update(v for v in eqn.invars if not isinstance(v, Literal))
+    return live[::-1]
+
+
+class CumulantInterpreter:
+    def __init__(self, order: int):
+        self.order = check_order(order)
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    # --- inputs ---------------------------------------------------------------------------
+    def inputs(self, latents: dict[str, LatentSite]) -> list[Handle]:
+        """One joint Gaussian message for all latent sites; each site an affine view of it."""
+        means, covs, variances, sizes = [], [], [], []
+        for site in latents.values():
+            mean, cov, var = self._site_gaussian(site)
+            means.append(mean)
+            covs.append(cov)
+            variances.append(var)
+            sizes.append(mean.size)
+        dtype = jnp.result_type(*means)
+        mean = jnp.concatenate([m.astype(dtype) for m in means])
+        if self.order == 1:
+            second = jnp.concatenate([v.astype(dtype) for v in variances])
+        else:
+            second = jax.scipy.linalg.block_diag(*[c.astype(dtype) for c in covs])
+        node = Node(cumulants.gaussian_input(mean, second, self.order))
+        handles, offset = [], 0
+        for site, size in zip(latents.values(), sizes, strict=True):
+            lo, hi, shape = offset, offset + size, site.shape
+
+            def view(u, lo=lo, hi=hi, shape=shape):
+                return jnp.reshape(u[lo:hi], shape)
+
+            handles.append(_affine(node, shape, dtype, view, view, f"site {site.name!r}",
+                                   identity=len(latents) == 1))
+            offset = hi
+        return handles
+
+    def _site_gaussian(self, site: LatentSite):
+        fn, shape = site.distribution, site.shape
+        base = _unwrap(fn)
+        if isinstance(base, dist.Normal):
+            mean = jnp.broadcast_to(jnp.asarray(fn.mean, jnp.result_type(float)), shape)
+            var = jnp.broadcast_to(fn.variance, shape).reshape(-1)
+            return mean.reshape(-1), (jnp.diag(var) if self.order > 1 else None), var
+        if isinstance(base, dist.MultivariateNormal | dist.LowRankMultivariateNormal):
+            if isinstance(fn, dist.Independent):
+                raise UnsupportedDistributionError(
+                    f"site {site.name!r}: a multivariate normal with extra event dimensions "
+                    "(to_event on top) is not supported; reshape the model"
+                )
+            mean = jnp.broadcast_to(jnp.asarray(fn.mean, jnp.result_type(float)), shape).reshape(-1)
+            var = jnp.broadcast_to(fn.variance, shape).reshape(-1)
+            if self.order == 1:
+                self.note(f"site {site.name!r}: correlations between units dropped (order 1 "
+                          "keeps variances only)")
+                return mean, None, var
+            return mean, _full_covariance(base.covariance_matrix, shape), var
+        raise UnsupportedDistributionError(
+            f"site {site.name!r}: family='cumulant' needs Gaussian inputs (Normal, "
+            f"MultivariateNormal, LowRankMultivariateNormal), got {type(base).__name__}; "
+            "use family='gaussian' or 'diagonal', which moment-match other inputs"
+        )
+
+    # --- the walk -------------------------------------------------------------------------
+    def run(self, jaxpr, consts, args) -> list:
+        env: dict[Any, Any] = {}
+        for var, value in zip(jaxpr.constvars, consts, strict=True):
+            env[var] = value
+        for var, value in zip(jaxpr.invars, args, strict=True):
+            env[var] = value
+
+        def read(v):
+            return v.val if isinstance(v, Literal) else env[v]
+
+        for eqn in _live_equations(jaxpr):
+            values = [read(v) for v in eqn.invars]
+            if not any(isinstance(x, Handle) for x in values):
+                outs = bind_eqn(eqn, values)
+            elif eqn.primitive.name in CALL_JAXPR_PARAMS:
+                inner = eqn.params[CALL_JAXPR_PARAMS[eqn.primitive.name]]
+                sub, sub_consts = (inner.jaxpr, inner.consts) if hasattr(inner, "jaxpr") else (inner, [])
+                if len(sub.invars) != len(values):
+                    raise UnsupportedPrimitiveError(
+                        f"{describe(eqn)}: its sub-jaxpr takes {len(sub.invars)} operands, got "
+                        f"{len(values)}"
+                    )
+                outs = self.run(sub, sub_consts, values)
+            else:
+                outs = [self.apply(eqn, values)]
+            for var, value in zip(eqn.outvars, outs, strict=True):
+                env[var] = value
+        return [read(v) for v in jaxpr.outvars]
+
+    def apply(self, eqn, values: list) -> Handle:
+        name = eqn.primitive.name
+        where = describe(eqn)
+        random = [i for i, x in enumerate(values) if isinstance(x, Handle)]
+        aval = eqn.outvars[0].aval
+        if eqn.primitive.multiple_results:
+            raise UnsupportedPrimitiveError(f"{where}: no cumulant-family rule for {name!r}")
+        if aval.dtype == jnp.bool_ or name in COMPARISONS or name in ("eq", "ne"):
+            raise UnsupportedPrimitiveError(
+                f"{where}: {name!r} of a random value makes a detector; {DETECTOR_ERROR}"
+            )
+        if not jnp.issubdtype(aval.dtype, jnp.floating):
+            raise UnsupportedPrimitiveError(
+                f"{where}: {name!r} turns a random value into {aval.dtype}; the cumulant family "
+                "propagates real values only"
+            )
+        shape = tuple(aval.shape)
+        if is_elementwise(eqn) and all(values[i].shape == shape for i in random):
+            bases = {id(self.base_of(values[i])) for i in random}
+            if len(bases) == 1:
+                base = self.base_of(values[random[0]])
+                return compose(eqn, values, {i: values[i] for i in random}, base, where)
+        values = [self.force(x) if isinstance(x, Handle) else x for x in values]
+        if name not in LINEAR_PRIMITIVES:
+            raise UnsupportedPrimitiveError(
+                f"{where}: no cumulant-family rule for {name!r} with random operands (it is "
+                "neither affine nor an elementwise function of one random value)"
+            )
+        check_affine(eqn, random, where)
+        if len({id(values[i].data["node"]) for i in random}) > 1:
+            raise UnsupportedPrimitiveError(
+                f"{where}: {name!r} combines random values from different messages (e.g. a "
+                "residual connection around a nonlinearity); the cumulant family tracks the "
+                "joint cumulants of one message at a time, so this has no exact rule"
+            )
+        if self.order == 1 and len(random) > 1:
+            # Exact when the operands depend on disjoint units (e.g. two sites); otherwise
+            # the independence presumption of order 1, as the 'diagonal' family does.
+            self.note(f"order 1: random operands of {name!r} treated as independent "
+                      "(exact when they depend on disjoint units)")
+        return self._affine_step(eqn, values, random, where)
+
+    def _affine_step(self, eqn, values, random, where) -> Handle:
+        step = bind_with(eqn, values, random)
+        fns = [values[i].data["fn"] for i in random]
+
+        def fn(u):
+            return step(*[f(u) for f in fns])
+
+        var_fn = None
+        if self.order == 1:
+            image = variance_image(eqn, values, random)
+            var_fns = [values[i].data["var_fn"] for i in random]
+
+            def var_fn(v):
+                return image(*[g(v) for g in var_fns])
+
+        aval = eqn.outvars[0].aval
+        return _affine(values[random[0]].data["node"], aval.shape, aval.dtype, fn, var_fn, where)
+
+    @staticmethod
+    def base_of(h: Handle) -> Handle:
+        return h.data["base"] if h.kind == "lazy" else h
+
+    # --- materialising --------------------------------------------------------------------
+    def message(self, h: Handle, through: int = 4) -> cumulants.CumulantMessage:
+        """The message of an affine handle over its flat units (cached).
+
+        ``through=2``: mean and covariance only (enough to report an output).
+        """
+        if h.data["identity"]:
+            return h.data["node"].message
+        key = "message" if through > 2 else "message2"
+        if "message" in h.data:
+            return h.data["message"]
+        if key in h.data:
+            return h.data[key]
+        source = h.data["node"].message
+        fn = h.data["fn"]
+        mean, lin = jax.linearize(lambda u: jnp.reshape(fn(u), (-1,)), source.mean)
+        variance = None
+        if self.order == 1:
+            variance = jnp.reshape(h.data["var_fn"](source.cov), (-1,))
+        out = cumulants.linear_map(source, lin, mean, variance, through=through)
+        h.data[key] = out
+        return out
+
+    def force(self, h: Handle) -> Handle:
+        """An affine handle for ``h``: lazy elementwise chains go through the nonlinear step."""
+        if h.kind != "lazy":
+            return h
+        if "forced" in h.data:
+            return h.data["forced"]
+        base, fn, structure = h.data["base"], h.data["fn"], h.data["structure"]
+        dtype = jnp.result_type(h.dtype)
+        if structure[0] == "affine":
+            scale, _ = _affine_of(fn, base.shape, dtype)
+            base_fn, base_var = base.data["fn"], base.data["var_fn"]
+
+            def composed(u):
+                return fn(base_fn(u))
+
+            var_fn = None
+            if self.order == 1:
+                def var_fn(v):
+                    return jnp.square(scale) * base_var(v)
+
+            new = _affine(base.data["node"], h.shape, h.dtype, composed, var_fn, h.origin)
+        else:
+            message = self.message(base)
+            shape = base.shape
+            if structure[0] == "closed" and structure[2] == "relu":
+                _, pre, _, post = structure
+                message = self._diagonal_affine(message, pre, shape, dtype)
+                message = cumulants.elementwise(message, "relu", self.order)
+                message = self._diagonal_affine(message, post, shape, dtype)
+            else:
+                def flat(z):
+                    return jnp.reshape(fn(jnp.reshape(z, shape)), (-1,))
+
+                def columns(z):  # quadrature nodes on the trailing axis
+                    return jax.vmap(flat, in_axes=1, out_axes=1)(z)
+
+                columns.__name__ = f"fused elementwise chain at {h.origin}"
+                if self.order > 1:
+                    self.note(
+                        "elementwise chains other than ReLU: Wick coefficients by Gauss–Hermite "
+                        "quadrature (80 nodes), Gaussian covariance by Mehler's series (degree 16)"
+                    )
+                message = cumulants.elementwise(message, cumulants.Activation(columns), self.order)
+            view = _reshaper(shape)
+            new = _affine(Node(message), h.shape, h.dtype, view, view, h.origin, identity=True)
+        h.data["forced"] = new
+        return new
+
+    def _diagonal_affine(self, message, affine_fn, shape, dtype):
+        """Message of ``a * x + b`` for an elementwise affine ``affine_fn`` (a, b per unit)."""
+        a, b = _affine_of(affine_fn, shape, dtype)
+        a, b = jnp.reshape(a, (-1,)), jnp.reshape(b, (-1,))
+        variance = a * a * message.cov if self.order == 1 else None
+        return cumulants.linear_map(message, lambda v: a * v, a * message.mean + b, variance)
+
+    # --- outputs --------------------------------------------------------------------------
+    def output(self, value) -> dict[str, Any]:
+        """``{'value', 'stderr', 'variance'}`` of one output."""
+        if not isinstance(value, Handle):
+            v = jnp.asarray(value)
+            return {"value": v, "stderr": jnp.zeros(v.shape), "variance": jnp.zeros(v.shape)}
+        h = self.force(value)
+        message = self.message(h, through=2)
+        var = cumulants.variance(message)
+        return {
+            "value": jnp.reshape(message.mean, h.shape),
+            "stderr": jnp.zeros(h.shape, message.mean.dtype),
+            "variance": jnp.reshape(var, h.shape),
+        }
+
+
+def propagate_cumulants(model, args, kwargs, *, order: int, sites=None):
+    """Traceable core: ``({site: {'value', 'stderr', 'variance'}}, notes, booleans)``."""
+    order = check_order(order)
+    program = capture_program(model, args, kwargs)
+    if program.uses_prng_key:
+        raise ModelError(
+            "the model draws randomness with numpyro.prng_key(), which mechanize cannot see; "
+            "make it a numpyro.sample site"
+        )
+    wanted = list(program.outputs) if sites is None else list(sites)
+    program.check_outputs(wanted)
+    boolean = [name for name in wanted if program.outputs[name].is_boolean]
+    if boolean:
+        real = [name for name in program.outputs if not program.outputs[name].is_boolean]
+        raise UnsupportedPrimitiveError(
+            f"site(s) {boolean} are boolean (detectors): {DETECTOR_ERROR} "
+            f"(this model's real-valued sites: {real})"
+        )
+    jaxpr = program.make_jaxpr(wanted)
+    interpreter = CumulantInterpreter(order)
+    if order == 1:
+        interpreter.note("cumulant propagation of order 1 (mean field): units treated as "
+                         "independent, variances only")
+    else:
+        interpreter.note(
+            f"cumulant propagation of order {order}: diagrams of total cost <= {order - 1} kept, "
+            "two-unit Gaussian covariance resummed exactly (power counting for wide random "
+            "networks; exact for linear maps of Gaussians)"
+        )
+    inputs = interpreter.inputs(program.latents)
+    outs = interpreter.run(jaxpr.jaxpr, jaxpr.consts, inputs)
+    estimates = {name: interpreter.output(value) for name, value in zip(wanted, outs, strict=True)}
+    return estimates, list(interpreter.notes), {name: False for name in wanted}
