@@ -272,14 +272,7 @@ def to_moments(state: State, h: Handle, where: str) -> Handle:
             return jnp.reshape(jnp.where(constant, support[:, 0], jnp.sum(support * picked, axis=-1)),
                                h.shape)
 
-        new = affine_image(state, fn, [root], where)
-        h.kind, h.dtype, h.data = "moments", new.dtype, new.data
-        for key in [key for key in state.cov if new.id in key]:
-            block = state.cov.pop(key)
-            a, b = key
-            state.cov[(h.id if a == new.id else a, h.id if b == new.id else b)] = block
-        state.active.pop(new.id, None)
-        state.activate(h)
+        state.become(h, affine_image(state, fn, [root], where))
         return h
     mean = expectation(h)
     var = jnp.reshape(jnp.diagonal(covariance(h, h)), h.shape)

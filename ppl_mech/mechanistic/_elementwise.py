@@ -143,14 +143,7 @@ def force(state: State, h: Handle) -> Handle:
             new.data["preimage"] = relu_preimage(base, structure[1], structure[3])
     else:
         new = _quadrature(state, base, fn, h.origin)
-    h.kind, h.data, h.dtype = "moments", new.data, new.dtype
-    if state.family == "gaussian":
-        for key in [k for k in state.cov if new.id in k]:
-            block = state.cov.pop(key)
-            a, b = key
-            state.cov[(h.id if a == new.id else a, h.id if b == new.id else b)] = block
-        state.active.pop(new.id, None)
-        state.activate(h)
+    state.become(h, new)
     return h
 
 

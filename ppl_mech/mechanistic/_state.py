@@ -97,6 +97,18 @@ class State:
         self.retire(handle)
         self.cov.pop((handle.id, handle.id), None)
 
+    def become(self, handle: Handle, new: Handle) -> None:
+        """Make ``handle`` (an existing identity, e.g. a lazy value) carry ``new``'s message."""
+        handle.kind, handle.data, handle.dtype = "moments", new.data, new.dtype
+        if self.family != "gaussian":
+            return
+        for key in [k for k in self.cov if new.id in k]:
+            block = self.cov.pop(key)
+            a, b = key
+            self.cov[(handle.id if a == new.id else a, handle.id if b == new.id else b)] = block
+        self.active.pop(new.id, None)
+        self.activate(handle)
+
     def record(self, key: str, value) -> None:
         """Keep the worst (largest) value of a numeric diagnostic."""
         self.numbers[key] = value if key not in self.numbers else jnp.maximum(self.numbers[key], value)
