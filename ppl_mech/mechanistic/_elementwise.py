@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from ppl_mech.rules.gauss_hermite import gauss_hermite_rule
+from ppl_mech.rules.mehler import truncated_mehler_covariance
 
 from ._linear import affine_image
 from ._state import Handle, State, variance_of
@@ -243,19 +244,7 @@ def _quadrature(state: State, base: Handle, fn: Callable, origin: str) -> Handle
     stein = jnp.where(std > 0, coefficients[1] / safe, derivative)
     _stein_cross(state, base, new, stein)
     c = jnp.reshape(coefficients[1:], (MEHLER_ORDER, -1))  # (K, n)
-    cov = state.get_cov(base, base)
-    sf = jnp.reshape(std, (-1,))
-    denom = sf[:, None] * sf[None, :]
-    rho = jnp.clip(jnp.where(denom > 0, cov / jnp.where(denom > 0, denom, 1.0), 0.0), -1.0, 1.0)
-    out_cov = jnp.zeros_like(cov)
-    power = jnp.ones_like(cov)
-    for k in range(MEHLER_ORDER):
-        power = power * rho
-        out_cov = out_cov + c[k][:, None] * c[k][None, :] * power
-    tail = jnp.maximum(jnp.reshape(out_var, (-1,)) - jnp.sum(jnp.square(c), axis=0), 0)
-    off = 1 - jnp.eye(cov.shape[0], dtype=cov.dtype)
-    bound = jnp.max(off * jnp.sqrt(tail[:, None] * tail[None, :]) * jnp.abs(power * rho))
+    out_cov, bound = truncated_mehler_covariance(c, state.get_cov(base, base), jnp.reshape(out_var, (-1,)))
     state.record("mehler_truncation_bound", bound)
-    out_cov = out_cov * off + jnp.diag(jnp.reshape(out_var, (-1,)))
     state.set_cov(new, new, out_cov)
     return new

@@ -44,6 +44,7 @@ __all__ = [
     "mehler_covariance",
     "mehler_covariance_with_bound",
     "mehler_moments",
+    "truncated_mehler_covariance",
 ]
 
 DEFAULT_ORDER = 16
@@ -89,6 +90,32 @@ def hermite_coefficients(
     fx, z, w, _, _ = _nodes_values(f, mean, var, degree)
     table = _hermite_table(z, order)
     return jnp.einsum("...d,kd->...k", fx * w, table)
+
+
+def truncated_mehler_covariance(coefficients, cov, variance):
+    """``(covariance, bound)`` of ``f_i(x_i)`` from their Hermite coefficients, plain truncation.
+
+    Args:
+        coefficients: ``(K, n)`` orthonormal Hermite coefficients ``c_1..c_K`` of each unit.
+        cov: ``(n, n)`` covariance of the Gaussian inputs ``x``.
+        variance: ``(n,)`` exact variances of the outputs (put on the diagonal).
+
+    Off the diagonal ``sum_k c_k(i) c_k(j) rho_ij^k``; each entry is within
+    ``sqrt(T_i T_j) |rho_ij|^(K+1)`` of the exact covariance, ``T_i = Var_i - sum_k c_k(i)^2``;
+    ``bound`` is the largest such bound.
+    """
+    s = jnp.sqrt(jnp.maximum(jnp.diagonal(cov), 0.0))
+    denom = s[:, None] * s[None, :]
+    rho = jnp.clip(jnp.where(denom > 0, cov / jnp.where(denom > 0, denom, 1.0), 0.0), -1.0, 1.0)
+    out = jnp.zeros_like(cov)
+    power = jnp.ones_like(cov)
+    for ck in coefficients:
+        power = power * rho
+        out = out + ck[:, None] * ck[None, :] * power
+    tail = jnp.maximum(variance - jnp.sum(jnp.square(coefficients), axis=0), 0.0)
+    off = ~jnp.eye(cov.shape[0], dtype=bool)
+    bound = jnp.max(jnp.where(off, jnp.sqrt(tail[:, None] * tail[None, :]) * jnp.abs(power * rho), 0.0))
+    return jnp.where(off, out, jnp.diag(variance)), bound
 
 
 def _mehler(f, mean, cov, order, degree, tail):

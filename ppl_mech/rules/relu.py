@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from jax.scipy.special import ndtr
 
 from .._bivariate_normal import bivariate_normal_cdf_genz
+from .mehler import truncated_mehler_covariance
 
 __all__ = [
     "relu_covariance",
@@ -237,15 +238,5 @@ def relu_covariance_hermite(mean, cov, order: int = 16):
     var = jnp.diagonal(cov)
     mean_out, var_out = relu_moments(mean, var)
     c = relu_hermite_coefficients(mean, var, order)[1:]  # (order, n)
-    s = jnp.sqrt(jnp.maximum(var, 0.0))
-    denom = s[:, None] * s[None, :]
-    rho = jnp.clip(jnp.where(denom > 0, cov / jnp.where(denom > 0, denom, 1.0), 0.0), -1.0, 1.0)
-    out = jnp.zeros_like(cov)
-    power = jnp.ones_like(cov)
-    for k in range(order):
-        power = power * rho
-        out = out + c[k][:, None] * c[k][None, :] * power
-    tail = jnp.maximum(var_out - jnp.sum(jnp.square(c), axis=0), 0.0)
-    off = ~jnp.eye(cov.shape[0], dtype=bool)
-    bound = jnp.max(jnp.where(off, jnp.sqrt(tail[:, None] * tail[None, :]) * jnp.abs(power * rho), 0.0))
-    return mean_out, jnp.where(off, out, jnp.diag(var_out)), bound
+    cov_out, bound = truncated_mehler_covariance(c, cov, var_out)
+    return mean_out, cov_out, bound
