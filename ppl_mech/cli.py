@@ -6,6 +6,7 @@
     ppl-mech compare path/to/file.py:model --methods sample --site catastrophe
     ppl-mech attack halfspaces -o offset=5.0 --kl-budget 20
     ppl-mech bench throughput
+    ppl-mech bench rare --quick
 
 Bad arguments print one line to stderr and exit with code 2.
 """
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "throughput": "ppl_mech.bench.throughput",
     "expectations": "ppl_mech.bench.expectations",
     "polytope": "ppl_mech.bench.polytope",
+    "rare": "ppl_mech.bench.rare",
 }
 
 

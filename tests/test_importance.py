@@ -280,3 +280,13 @@ def test_registered_methods():
         assert f"importance:{variant}" in method_names()
     estimator = make_estimator("importance:itgis", token_model, MethodOptions(num_samples=128))
     assert isinstance(estimator, handlers.importance)
+
+
+def test_splitting_sizes_itself_to_the_budget():
+    """Without num_particles, a pilot measures log(1/P) and the whole run costs about num_samples."""
+    built = get_model("halfspaces")
+    r = handlers.importance(built.model, proposal="ams", num_samples=2**14, rng_key=KEY,
+                            sites=["catastrophe"])(*built.args, **built.kwargs)["catastrophe"]
+    assert 0.6 * 2**14 <= r.cost.evaluations <= 1.4 * 2**14, r.cost.evaluations
+    assert any("pilot" in note for note in r.notes)
+    assert r.diagnostics["num_particles"] >= 32

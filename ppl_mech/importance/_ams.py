@@ -49,6 +49,11 @@ from ._engine import Context, effective_sample_size, plain_monte_carlo
 from ._mcmc import num_discrete_elements, pcn_move, resample_move
 from ._score import check_score_implies
 
+PILOT_PARTICLES = 16
+PILOT_REPLICAS = 2
+PILOT_MARGIN = 1.1  # levels beyond the pilot's guess: its log(1/P) is itself noisy
+MIN_PARTICLES = 32
+
 
 def run_ams(
     ctx: Context,
@@ -65,9 +70,9 @@ def run_ams(
     """Adaptive multilevel splitting of the target site; other sites from the initial populations.
 
     Args:
-        num_particles: particles per replica (default: sized so that a run reaching
-            P ~ 1e-6 costs about ``num_samples`` evaluations; the true cost, which
-            grows with ``log(1/P)``, is reported in ``cost.evaluations``).
+        num_particles: particles per replica (default: sized by a small pilot run so that
+            the whole run, pilot included, costs about ``num_samples`` evaluations; the
+            true cost, which grows with ``log(1/P)``, is reported in ``cost.evaluations``).
         num_replicas: independent runs (standard error across them; >= 2).
         kill_fraction: share of the particles killed per level (``k/N``).
         mcmc_steps: Metropolis steps per regenerated particle.
@@ -85,18 +90,61 @@ def run_ams(
         raise ValueError(f"mcmc_steps must be >= 1, got {mcmc_steps}")
     replicas = int(num_replicas)
     steps = int(mcmc_steps)
-    if num_particles is None:
-        levels_guess = math.log(1e6) / -math.log1p(-kill_fraction)
-        per_particle = 1 + kill_fraction * steps * levels_guess
-        num_particles = max(32, int(num_samples / (replicas * per_particle)))
-    n = int(num_particles)
-    kill = max(1, int(round(kill_fraction * n)))
-    buffer = kill  # one pass per level unless ties kill more
     problem = ctx.problem(ctx.dynamic)
     space = problem.space
     d_discrete = num_discrete_elements(space)
     fraction = resample_fraction if resample_fraction is not None else min(0.5, 2.0 / max(d_discrete, 1))
     sites = list(ctx.sites)
+
+    def splitting(n: int, replicas: int, key) -> dict:
+        """``replicas`` independent AMS runs of ``n`` particles; FLOPs and evaluations metered."""
+        kill = max(1, int(round(kill_fraction * n)))
+        buffer = kill  # one pass per level unless ties kill more
+        return _splitting(ctx, sites, n, kill, buffer, replicas, steps, step_size, fraction, max_levels,
+                          key)
+
+    pilot_note = ""
+    if num_particles is None:
+        n, pilot_note = _size_particles(splitting, num_samples, replicas, kill_fraction, steps)
+    else:
+        n = int(num_particles)
+    out = splitting(n, replicas, ctx.key(30))
+    if not np.all(out["done"]):
+        raise ModelError(
+            f"ams: {int(np.sum(~out['done']))} replica(s) did not reach the catastrophe level within "
+            f"max_levels={max_levels} levels; raise max_levels or kill_fraction"
+        )
+    check_score_implies(out["final_c"], out["final_s"], ctx.target)
+    return _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note)
+
+
+def _size_particles(splitting, num_samples: int, replicas: int, kill_fraction: float,
+                    steps: int) -> tuple[int, str]:
+    """Particles per replica so that the whole run costs about ``num_samples`` evaluations.
+
+    A run's cost is ``N (1 + kill_fraction * steps * levels)`` per replica and
+    ``levels ~ log(1/P) / -log(1 - kill_fraction)`` grows with the unknown
+    ``log(1/P)``; a pilot (2 replicas of 16 particles, its cost counted, its
+    estimate discarded) measures ``log(1/P)`` first.
+    """
+    pilot = splitting(PILOT_PARTICLES, PILOT_REPLICAS, None)
+    spent = int(np.sum(pilot["evaluations"]))
+    log_factors = np.asarray(pilot["log_factor"], np.float64)
+    if np.all(pilot["done"]) and not np.any(pilot["extinct"]):
+        log_inverse_p = float(-np.mean(log_factors))
+        source = (f"pilot ({PILOT_REPLICAS}x{PILOT_PARTICLES} particles, {spent} evaluations) found "
+                  f"log(1/P) ~ {log_inverse_p:.1f}")
+    else:
+        log_inverse_p = math.log(1e9)
+        source = f"pilot ({spent} evaluations) did not finish; sized for P ~ 1e-9"
+    levels = max(1.0, log_inverse_p / -math.log1p(-kill_fraction))
+    per_particle = 1 + kill_fraction * steps * levels * PILOT_MARGIN
+    remaining = max(num_samples - spent, 0)
+    n = max(MIN_PARTICLES, int(remaining / (replicas * per_particle)))
+    return n, f"{source}; {n} particles per replica for num_samples={num_samples}"
+
+
+def _splitting(ctx, sites, n, kill, buffer, replicas, steps, step_size, fraction, max_levels, key):
 
     def replica(problem, key):
         k_init, k_loop = jax.random.split(key)
@@ -127,7 +175,7 @@ def run_ams(
             pc, ps, pu = c[parents], s[parents], u[parents]
 
             def move(carry, m):
-                pz, pk, pc, ps, pu, acc = carry
+                pz, pk, pc, ps, pu, acc, used = carry
                 key_m = jax.random.fold_in(k_move, m)
                 nz = pcn_move(pz, jax.random.fold_in(key_m, 0), beta) if problem.space.continuous else pz
                 nk = jax.vmap(lambda kk_, kkey: resample_move(problem.space, kk_, kkey, fraction))(
@@ -140,9 +188,11 @@ def run_ams(
                     lambda x, y: jnp.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), new, old
                 )
                 return (sel(nz, pz), sel(nk, pk), jnp.where(ok, nc, pc), jnp.where(ok, ns, ps),
-                        jnp.where(ok, nu, pu), acc + jnp.sum(ok & active)), None
+                        jnp.where(ok, nu, pu), acc + jnp.sum(ok & active), used + buffer), None
 
-            (pz, pk, pc, ps, pu, acc), _ = jax.lax.scan(move, (pz, pk, pc, ps, pu, 0), jnp.arange(steps))
+            (pz, pk, pc, ps, pu, acc, used), _ = jax.lax.scan(
+                move, (pz, pk, pc, ps, pu, 0, 0), jnp.arange(steps)
+            )
 
             def put(full, part):
                 mask = active.reshape((-1,) + (1,) * (part.ndim - 1))
@@ -152,7 +202,7 @@ def run_ams(
             kk = jax.tree.map(put, kk, pk)
             c, s, u = put(c, pc), put(s, ps), put(u, pu)
             todo = todo.at[slots].set(False)
-            return z, kk, c, s, u, todo, accepted + acc, evaluations + buffer * steps
+            return z, kk, c, s, u, todo, accepted + acc, evaluations + used
 
         def level_body(state):
             z, kk, c, s, u, log_factor, beta, count, done, evaluations, extinct = state
@@ -195,6 +245,7 @@ def run_ams(
         )
         estimate = jnp.where(extinct, 0.0, jnp.exp(log_factor) * jnp.mean(c.astype(jnp.float32)))
         return {"estimate": estimate, "log_factor": log_factor, "levels": count, "done": done,
+                "extinct": extinct,
                 "evaluations": evaluations, "initial": initial, "final_c": c, "final_s": s, "beta": beta}
 
     def run(dynamic, key):
@@ -202,19 +253,19 @@ def run_ams(
         return jax.vmap(lambda r: replica(problem, jax.random.fold_in(key, r)))(jnp.arange(replicas))
 
     flops_before = ctx.meter.flops
-    out = jax.device_get(ctx.meter("ams", run, ctx.dynamic, ctx.key(30)))
+    key = ctx.key(31) if key is None else key
+    out = jax.device_get(ctx.meter(f"ams-{n}x{replicas}", run, ctx.dynamic, key))
     evaluations = int(np.sum(out["evaluations"]))
     ctx.meter.evaluations += evaluations
     # XLA counts a while loop's body once: scale the compiled FLOPs (initial draws plus
     # one regeneration pass per replica) to the evaluations actually done.
-    compiled_evaluations = replicas * (n + buffer * steps)
+    # The scan over the pCN moves is a loop too: the compiled pass holds one move's evaluations.
+    compiled_evaluations = replicas * (n + buffer)
     ctx.meter.flops = flops_before + (ctx.meter.flops - flops_before) * evaluations / compiled_evaluations
-    if not np.all(out["done"]):
-        raise ModelError(
-            f"ams: {int(np.sum(~out['done']))} replica(s) did not reach the catastrophe level within "
-            f"max_levels={max_levels} levels; raise max_levels or kill_fraction"
-        )
-    check_score_implies(out["final_c"], out["final_s"], ctx.target)
+    return out
+
+
+def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
     estimates = np.asarray(out["estimate"], np.float64)
     value = float(estimates.mean())
     stderr = float(estimates.std(ddof=1) / math.sqrt(replicas))
@@ -238,7 +289,7 @@ def run_ams(
         cost, "importance[ams]", True,
         (f"ams: {replicas} replicas x {n} particles, kill fraction {kill_fraction}, {steps} pCN steps; "
          "consistent, biased low by O(1/N) when the pCN steps mix poorly; standard error across "
-         "replicas; k-hat does not apply",),
+         "replicas; k-hat does not apply",) + ((pilot_note,) if pilot_note else ()),
     )
     total = replicas * n
     for name, site in ctx.sites.items():
