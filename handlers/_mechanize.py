@@ -25,9 +25,13 @@ class mechanize(Estimator):
         error is reported).
         ``"cumulant"``: cumulant propagation to order ``order`` = K in 1..4 (after
         ARC's wide-random-MLP paper; ``docs/cumulant_propagation.md``): Gaussian
-        inputs, expectations (and variances) of real-valued sites only; K = 1 is
+        inputs, expectations (and variances) of real-valued sites; K = 1 is
         mean-field, K = 2 Gaussian closure, K = 3, 4 add the third and fourth
-        cumulants. Method string ``mechanize[cumulantK]``.
+        cumulants. Threshold detectors ``y > t`` get ``P`` per unit from that
+        unit's K cumulants (normal tail for K <= 2, saddlepoint for K = 3, 4;
+        ``log_probability`` and ``tail_status`` in the diagnostics; NaN, flagged,
+        where no saddlepoint exists); combined detectors (``&``, ``all``) are
+        refused. Method string ``mechanize[cumulantK]``.
 
     ``stderr`` is the numerical error of the computation under the family's
     presumption; it does not include the presumption's own error (compare with

@@ -251,10 +251,80 @@ def test_jit_and_grad_match_finite_differences(x64):
 # --- errors --------------------------------------------------------------------------------
 
 
-def test_detectors_are_refused_with_a_pointer_to_the_gaussian_family():
-    built = get_model("arc-mlp", width=4, hidden_layers=1)
-    with pytest.raises(UnsupportedPrimitiveError, match=r"catastrophe.*family='gaussian'"):
-        handlers.mechanize(built.model, family="cumulant")(*built.args, **built.kwargs)
+def _chi_square_model(d, t, lower=False):
+    """y = |x|^2, x ~ N(0, I_d), chi-square with d degrees of freedom: catastrophe y > t,
+    written as t < y, or (lower) as -y < -t (the same event through the lower tail)."""
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([d]).to_event(1))
+        y = numpyro.deterministic("y", jnp.sum(x * x))
+        numpyro.deterministic("catastrophe", (-y < -t) if lower else (t < y))
+
+    return model
+
+
+def test_thresholds_of_a_linear_gaussian_are_the_exact_normal_tail():
+    built = get_model("linear-gaussian", sigmas=6.0)
+    for order in (2, 3, 4):
+        r = handlers.mechanize(built.model, family="cumulant", order=order,
+                               sites=["catastrophe"])(*built.args, **built.kwargs)["catastrophe"]
+        assert r.is_probability and int(r.diagnostics["tail_status"]) == 0
+        assert float(r.value) == pytest.approx(built.exact["catastrophe"], rel=1e-4)
+        assert float(r.diagnostics["log_probability"]) == pytest.approx(np.log(built.exact["catastrophe"]),
+                                                                         abs=1e-4)
+
+
+@pytest.mark.parametrize("lower", [False, True])
+def test_threshold_tails_improve_with_order_on_a_chi_square(lower):
+    """P(chi2_8 > 30) = 2.1e-4: K = 4 is far closer than the Gaussian K = 2 (a factor 2.1 vs 1e4)."""
+    from scipy import stats
+
+    t = 30.0
+    exact = stats.chi2.sf(t, 8)
+    errors = {}
+    for order in (2, 4):
+        r = handlers.mechanize(_chi_square_model(8, t, lower), family="cumulant", order=order,
+                               sites=["catastrophe"])()["catastrophe"]
+        errors[order] = abs(np.log(float(r.value) / exact))
+    # the unit's cumulants are exact (8 * 2^(n-1) (n-1)!); only the 4-term CGF is approximate
+    signs = np.array([-1.0, 1.0, -1.0, 1.0]) if lower else np.ones(4)
+    np.testing.assert_allclose(r.diagnostics["cumulants"], signs * [8.0, 16.0, 64.0, 384.0], rtol=1e-5)
+    assert errors[4] < 0.2 * errors[2] and errors[4] < np.log(2.5), errors
+
+
+def test_threshold_probability_is_differentiable_in_the_threshold():
+    built = get_model("arc-mlp", width=8, hidden_layers=2, sigmas=3.0)
+    weights, biases, threshold = built.args
+
+    def p(t):
+        r = handlers.mechanize(built.model, family="cumulant", order=3, sites=["catastrophe"])(
+            weights, biases, t, **built.kwargs)
+        return r["catastrophe"].value
+
+    g = jax.grad(p)(threshold)
+    fd = (p(threshold + 1e-2) - p(threshold - 1e-2)) / 2e-2
+    assert float(g) < 0 and float(g) == pytest.approx(float(fd), rel=0.05)
+
+
+def test_a_threshold_without_a_saddlepoint_is_nan_and_flagged():
+    """At width 8 the order-4 cumulants of this unit have no saddlepoint: NaN, status 1, not a guess."""
+    built = get_model("arc-mlp", width=8, hidden_layers=2, sigmas=3.0)
+    r = handlers.mechanize(built.model, family="cumulant", order=4,
+                           sites=["catastrophe"])(*built.args, **built.kwargs)["catastrophe"]
+    assert np.isnan(float(r.value)) and int(r.diagnostics["tail_status"]) & 1
+
+
+def test_combined_detectors_are_refused_with_a_pointer_to_the_gaussian_family():
+    built = get_model("halfspaces")
+    with pytest.raises(UnsupportedPrimitiveError, match=r"reduce_and.*family='gaussian'"):
+        handlers.mechanize(built.model, family="cumulant", sites=["catastrophe"])(*built.args)
+
+    def two_sided():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("catastrophe", x[0] > x[1])
+
+    with pytest.raises(UnsupportedPrimitiveError, match=r"two random values.*\(a - b\) > 0"):
+        handlers.mechanize(two_sided, family="cumulant")()
 
 
 @pytest.mark.parametrize("order", [0, 5, "3", 2.0, True])

@@ -19,6 +19,7 @@ from ._message import RadialFourth as RadialFourth
 from ._message import dense_fourth as dense_fourth
 from ._message import dense_third as dense_third
 from ._message import gaussian_input as gaussian_input
+from ._message import marginal_cumulants as marginal_cumulants
 from ._message import message_order as message_order
 from ._message import third_from_dense as third_from_dense
 from ._message import variance as variance
@@ -42,6 +43,7 @@ __all__ = [
     "gaussian_input",
     "linear",
     "linear_map",
+    "marginal_cumulants",
     "message_order",
     "propagate_mlp",
     "relu_bivariate_covariance",

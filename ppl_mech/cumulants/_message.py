@@ -130,6 +130,27 @@ def third_diagonal(third: FactoredThird) -> Array:
     return jnp.sum(third.a * third.b * third.c, axis=1)
 
 
+def marginal_cumulants(message: CumulantMessage) -> Array:
+    """Each unit's own cumulants ``(n, K)``: ``k1..kK`` of unit ``i`` alone (``K >= 2``).
+
+    The diagonals ``k3[i, i, i]`` and ``k4[i, i, i, i]`` of whichever representation the
+    message carries; a message of order 1 or 2 gives mean and variance.
+    """
+    columns = [message.mean, variance(message)]
+    third, fourth = message.third, message.fourth
+    if isinstance(third, FactoredThird):
+        columns.append(third_diagonal(third))
+    elif third is not None:
+        columns.append(jnp.einsum("iii->i", third))
+    elif isinstance(fourth, FactoredFourth):
+        columns.append(jnp.zeros_like(message.mean))
+    if isinstance(fourth, FactoredFourth):
+        columns.append(jnp.einsum("ir,ir,iir->i", fourth.p, fourth.q, fourth.b))
+    elif isinstance(fourth, RadialFourth):
+        columns.append(fourth_diagonal(fourth))
+    return jnp.stack(columns, axis=-1)
+
+
 def third_pair_slice(third: FactoredThird) -> Array:
     """``k3[i, i, j]`` as an (n, n) matrix (the diagonal is ``k3[i, i, i]``)."""
     a, b, c = third

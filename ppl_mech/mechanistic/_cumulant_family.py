@@ -22,11 +22,22 @@ forms, anything else by Gauss–Hermite quadrature), or an output site is report
 and covariance only). At K = 1 (variances only) the variance image is composed equation
 by equation, as the ``diagonal`` family does.
 
+A *threshold detector* ``y > t`` (``>=``, ``<``, ``<=``; ``t`` not random) of a random
+value is reported as ``P[y_i > t_i]`` per unit from that unit's own cumulants ``k1..kK``
+(:func:`ppl_mech.cumulants.marginal_cumulants`): the exact normal tail for K <= 2, the
+Lugannani-Rice saddlepoint of the polynomial CGF for K = 3, 4
+(:func:`ppl_mech.tails.saddlepoint_tail_from_cumulants`). The diagnostics carry its
+``log_probability`` (no underflow below 1e-38) and ``tail_status`` (0: no problem; see
+:mod:`ppl_mech.tails` for the flags, e.g. cumulants that no distribution has). A threshold
+is a 1-D tail: combining detectors (``&``, ``all``, ``any``) is refused with an error
+naming the primitive -- the ``gaussian`` family handles conjunctions.
+
 Everything is pure JAX on the traced program: it runs under ``jax.jit`` and ``jax.grad``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -44,11 +55,28 @@ from ._interpreter import CALL_JAXPR_PARAMS, COMPARISONS, describe
 from ._linear import LINEAR_PRIMITIVES, bind_eqn, bind_with, check_affine, variance_image
 from ._state import Handle
 
+
+@dataclasses.dataclass
+class Threshold:
+    """A detector ``y > t`` (``upper``) or ``y < t`` per unit of a random value ``y``."""
+
+    handle: Handle
+    threshold: Any
+    upper: bool
+    shape: tuple[int, ...]
+
+
+COMBINED_DETECTOR_ERROR = (
+    "the cumulant family reports P[y > t] of a threshold per unit (a 1-D saddlepoint tail "
+    "from that unit's cumulants); combining or transforming detectors has no rule here: use "
+    "family='gaussian' for conjunctions and other events"
+)
+PASS_THROUGH = {"convert_element_type", "copy", "copy_p"}
+
 ORDERS = cumulants.ORDERS
 DEFAULT_ORDER = 3
 DETECTOR_ERROR = (
-    "the cumulant family estimates expectations of real-valued sites; use "
-    "family='gaussian' for detectors (boolean sites), or pass sites=[...] naming real-valued ones"
+    "use family='gaussian' for such detectors, or pass sites=[...] naming other sites"
 )
 
 
@@ -166,7 +194,7 @@ class CumulantInterpreter:
 
         for eqn in _live_equations(jaxpr):
             values = [read(v) for v in eqn.invars]
-            if not any(isinstance(x, Handle) for x in values):
+            if not any(isinstance(x, Handle | Threshold) for x in values):
                 outs = bind_eqn(eqn, values)
             elif eqn.primitive.name in CALL_JAXPR_PARAMS:
                 inner = eqn.params[CALL_JAXPR_PARAMS[eqn.primitive.name]]
@@ -190,9 +218,19 @@ class CumulantInterpreter:
         aval = eqn.outvars[0].aval
         if eqn.primitive.multiple_results:
             raise UnsupportedPrimitiveError(f"{where}: no cumulant-family rule for {name!r}")
-        if aval.dtype == jnp.bool_ or name in COMPARISONS or name in ("eq", "ne"):
+        thresholds = [x for x in values if isinstance(x, Threshold)]
+        if thresholds:
+            t = thresholds[0]
+            if (name in PASS_THROUGH and len(values) == 1 and aval.dtype == jnp.bool_
+                    and tuple(aval.shape) == t.shape):
+                return t
+            raise UnsupportedPrimitiveError(f"{where}: {name!r} of a detector: {COMBINED_DETECTOR_ERROR}")
+        if name in COMPARISONS:
+            return self._threshold(eqn, values, random, where)
+        if aval.dtype == jnp.bool_ or name in ("eq", "ne"):
             raise UnsupportedPrimitiveError(
-                f"{where}: {name!r} of a random value makes a detector; {DETECTOR_ERROR}"
+                f"{where}: {name!r} of a random value makes a detector the cumulant family has no "
+                f"rule for (it reports thresholds y > t); {DETECTOR_ERROR}"
             )
         if not jnp.issubdtype(aval.dtype, jnp.floating):
             raise UnsupportedPrimitiveError(
@@ -224,6 +262,46 @@ class CumulantInterpreter:
             self.note(f"order 1: random operands of {name!r} treated as independent "
                       "(exact when they depend on disjoint units)")
         return self._affine_step(eqn, values, random, where)
+
+    def _threshold(self, eqn, values, random, where) -> Threshold:
+        name = eqn.primitive.name
+        if len(random) != 1:
+            raise UnsupportedPrimitiveError(
+                f"{where}: {name!r} compares two random values; write it as a threshold of their "
+                "difference, (a - b) > 0, so that the cumulants of a - b are propagated"
+            )
+        shape = tuple(eqn.outvars[0].aval.shape)
+        y = values[random[0]]
+        if tuple(y.shape) != shape:
+            raise UnsupportedPrimitiveError(
+                f"{where}: {name!r} broadcasts the random operand of shape {tuple(y.shape)} to "
+                f"{shape}; compare values of the detector's shape"
+            )
+        threshold = jnp.broadcast_to(jnp.asarray(values[1 - random[0]]), shape)
+        upper = (COMPARISONS[name] > 0) == (random[0] == 0)  # y > t, or t < y
+        return Threshold(self.force(y), threshold, upper, shape)
+
+    def _tail(self, detector: Threshold) -> dict[str, Any]:
+        from ppl_mech.tails import saddlepoint_tail_from_cumulants
+
+        message = self.message(detector.handle, through=max(self.order, 2))
+        k = max(self.order, 2)
+        marginal = cumulants.marginal_cumulants(message)[:, :k]
+        t = jnp.reshape(detector.threshold, (-1,)).astype(marginal.dtype)
+        tail = saddlepoint_tail_from_cumulants(t, marginal, lower=not detector.upper)
+        if k <= 2:
+            self.note("thresholds: the normal tail of each unit's mean and variance")
+        else:
+            self.note(f"thresholds: saddlepoint (Lugannani-Rice) tail of each unit's first {k} "
+                      "cumulants; see diagnostics 'tail_status' (0 = no problem detected)")
+        shape = detector.shape
+        return {
+            "value": jnp.reshape(tail.probability, shape),
+            "stderr": jnp.zeros(shape, marginal.dtype),
+            "log_probability": jnp.reshape(tail.log_probability, shape),
+            "tail_status": jnp.reshape(tail.status, shape),
+            "cumulants": jnp.reshape(marginal, shape + (k,)),
+        }
 
     def _affine_step(self, eqn, values, random, where) -> Handle:
         step = bind_with(eqn, values, random)
@@ -327,7 +405,9 @@ class CumulantInterpreter:
 
     # --- outputs --------------------------------------------------------------------------
     def output(self, value) -> dict[str, Any]:
-        """``{'value', 'stderr', 'variance'}`` of one output."""
+        """``{'value', 'stderr', 'variance'}`` of one output (a probability for a threshold)."""
+        if isinstance(value, Threshold):
+            return self._tail(value)
         if not isinstance(value, Handle):
             v = jnp.asarray(value)
             return {"value": v, "stderr": jnp.zeros(v.shape), "variance": jnp.zeros(v.shape)}
@@ -352,13 +432,6 @@ def propagate_cumulants(model, args, kwargs, *, order: int, sites=None):
         )
     wanted = list(program.outputs) if sites is None else list(sites)
     program.check_outputs(wanted)
-    boolean = [name for name in wanted if program.outputs[name].is_boolean]
-    if boolean:
-        real = [name for name in program.outputs if not program.outputs[name].is_boolean]
-        raise UnsupportedPrimitiveError(
-            f"site(s) {boolean} are boolean (detectors): {DETECTOR_ERROR} "
-            f"(this model's real-valued sites: {real})"
-        )
     jaxpr = program.make_jaxpr(wanted)
     interpreter = CumulantInterpreter(order)
     if order == 1:
@@ -373,4 +446,8 @@ def propagate_cumulants(model, args, kwargs, *, order: int, sites=None):
     inputs = interpreter.inputs(program.latents)
     outs = interpreter.run(jaxpr.jaxpr, jaxpr.consts, inputs)
     estimates = {name: interpreter.output(value) for name, value in zip(wanted, outs, strict=True)}
-    return estimates, list(interpreter.notes), {name: False for name in wanted}
+    booleans = {name: program.outputs[name].is_boolean for name in wanted}
+    for name, value in zip(wanted, outs, strict=True):
+        if booleans[name] and not isinstance(value, Threshold) and isinstance(value, Handle):
+            raise UnsupportedPrimitiveError(f"site {name!r}: {COMBINED_DETECTOR_ERROR}")
+    return estimates, list(interpreter.notes), booleans
