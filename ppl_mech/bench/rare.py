@@ -2,7 +2,8 @@
 
 For each case of :mod:`ppl_mech.bench.rare_cases` (random-MLP thresholds and
 conjunctions, Gaussian polytopes, k-CNF) and each method (plain sampling,
-``mechanize:gaussian``, and ``importance`` with the ``tilted``,
+``mechanize`` with the ``gaussian`` family and cumulant orders 3 and 4 (threshold
+tails by the saddlepoint), and ``importance`` with the ``tilted``,
 ``cross-entropy``, ``itgis``, ``mhis`` and ``ams`` proposals), it runs the
 method at ``--num-samples`` model evaluations (2^16 by default; mechanize does
 not sample and reports its FLOPs instead) and records:
@@ -54,6 +55,8 @@ from .rare_cases import RareCase, full_cases, polytope_case, quick_cases
 METHODS = (
     "sample",
     "mechanize:gaussian",
+    "mechanize:cumulant3",
+    "mechanize:cumulant4",
     "importance:tilted",
     "importance:cross-entropy",
     "importance:itgis",

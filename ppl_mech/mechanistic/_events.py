@@ -110,6 +110,29 @@ def reduce(op, a: np.ndarray, axes, where: str) -> np.ndarray:
     return out
 
 
+def _joint_moments(state: State, atoms, margins: dict[int, Handle]):
+    """Mean and covariance of the atoms' margins, one gather per pair of margin handles.
+
+    (Element-by-element indexing would trace O(atoms^2) slices: minutes of compilation
+    for a 100-halfspace polytope.)
+    """
+    groups: dict[int, tuple[list[int], list[int]]] = {}
+    for k, (m, i) in enumerate(atoms):
+        positions, indices = groups.setdefault(m, ([], []))
+        positions.append(k)
+        indices.append(i)
+    dtype = jnp.result_type(*(margins[m].data["mean"] for m in groups))
+    n = len(atoms)
+    mean = jnp.zeros(n, dtype)
+    cov = jnp.zeros((n, n), dtype)
+    for m1, (k1, i1) in groups.items():
+        mean = mean.at[np.asarray(k1)].set(jnp.reshape(margins[m1].data["mean"], (-1,))[np.asarray(i1)])
+        for m2, (k2, i2) in groups.items():
+            block = state.get_cov(margins[m1], margins[m2])[np.ix_(np.asarray(i1), np.asarray(i2))]
+            cov = cov.at[np.ix_(np.asarray(k1), np.asarray(k2))].set(block.astype(dtype))
+    return mean, cov
+
+
 def probability(state: State, dnf, margins: dict[int, Handle], *, key, num_samples: int):
     """``(P, stderr)`` of one DNF under the joint Gaussian of its margins."""
     from ppl_mech._gaussian_polytope import gaussian_orthant_probability, gaussian_union_probability
@@ -120,11 +143,7 @@ def probability(state: State, dnf, margins: dict[int, Handle], *, key, num_sampl
         return jnp.ones(()), jnp.zeros(())
     atoms = sorted({(m, i) for conj in dnf for (m, i, _) in conj})
     position = {a: k for k, a in enumerate(atoms)}
-    mean = jnp.stack([jnp.reshape(margins[m].data["mean"], (-1,))[i] for m, i in atoms])
-    cov = jnp.stack([
-        jnp.stack([state.get_cov(margins[m1], margins[m2])[i1, i2] for (m2, i2) in atoms])
-        for (m1, i1) in atoms
-    ])
+    mean, cov = _joint_moments(state, atoms, margins)
     if len(dnf) == 1 and len(dnf[0]) == 1:
         (m, i, s), = dnf[0]
         std = jnp.sqrt(cov[0, 0])
