@@ -57,6 +57,7 @@ def test_acceptance_picks_the_best_method_and_compares_with_the_rivals():
     assert rare.acceptance(rows)[0].endswith("FAIL")
 
 
+@pytest.mark.slow  # ~30 s: two rounds of 8-replica splitting
 def test_splitting_truth_is_cached_and_extended(tmp_path, monkeypatch):
     monkeypatch.setenv("PPL_MECH_RESULTS", str(tmp_path))
     case = mlp_threshold_case(8, 1, 2.0)

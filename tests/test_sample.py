@@ -80,6 +80,7 @@ def test_bernoulli_interval_coverage_over_seeds(rule):
     assert coverage >= 0.93  # Jeffreys is approximate, Clopper-Pearson conservative
 
 
+@pytest.mark.slow  # ~45 s: 60 sampler runs (the interval rule itself is checked exactly above)
 def test_interval_coverage_of_the_sampler_over_repeated_seeds():
     p = stats.norm.sf(1.5)
 
