@@ -52,7 +52,9 @@ class importance(Estimator):
       estimator from the chains themselves, for comparison.
     * ``"ams"``: adaptive multilevel splitting on the score (consistent; biased
       low by O(1/N) when its pCN moves mix poorly; other sites from its initial
-      i.i.d. population). Its cost grows with ``log(1/P)`` and is reported.
+      i.i.d. population). Its cost grows with ``log(1/P)``: a small pilot run
+      measures that first and sizes the particles to ``num_samples`` (the
+      pilot's cost is counted); the evaluations spent are reported.
     * a dict ``{site: numpyro distribution}``: your own proposal, checked for
       shape, support, discreteness and positive variance.
 
