@@ -114,3 +114,15 @@ def test_certain_and_impossible_units_inside_a_conjunction(x64):
 
     r = handlers.mechanize(impossible)(jnp.asarray([-0.1, 0.5, 0.2]))
     assert float(r["event"].value) == 0.0
+
+
+def test_a_lost_preimage_is_noted_not_silent():
+    """Concatenating ReLU units with constants drops their pre-activation form: a note says so."""
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        padded = jnp.concatenate([jnp.maximum(x, 0.0), jnp.ones(2)])
+        numpyro.deterministic("catastrophe", padded[0] > 1.0)
+
+    r = handlers.mechanize(model)()["catastrophe"]
+    assert any("pre-activation does not follow" in note and "concatenate" in note for note in r.notes)

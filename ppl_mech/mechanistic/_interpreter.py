@@ -49,6 +49,12 @@ def describe(eqn) -> str:
     return f"primitive {eqn.primitive.name!r} at {where}"
 
 
+PREIMAGE_LOST = (
+    "{where}: the ReLU pre-activation does not follow this primitive ({why}); a detector "
+    "on its output is decided on the moment-matched ReLU output, not on the Gaussian "
+    "pre-activation"
+)
+
 class Interpreter:
     def __init__(self, state: State, *, key, num_samples: int):
         self.state = state
@@ -277,13 +283,17 @@ class Interpreter:
             return
         constants = set(range(len(values))) - set(random)
         if not constants <= set(self._index_ops(eqn)):
-            return  # e.g. concatenated with constants: those units have no preimage
+            # e.g. concatenated with constants: those units have no preimage
+            self.state.note(PREIMAGE_LOST.format(where=describe(eqn), why="it mixes in constant values"))
+            return
         if eqn.primitive.name == "convert_element_type" and not jnp.issubdtype(
             eqn.params["new_dtype"], jnp.floating
         ):
             return
         if any(isinstance(values[i], jax.core.Tracer) for i in constants):
-            return  # indices computed from traced arguments: not known while tracing
+            # indices computed from traced arguments: not known while tracing
+            self.state.note(PREIMAGE_LOST.format(where=describe(eqn), why="its indices are traced"))
+            return
         with jax.ensure_compile_time_eval():
             units = jnp.arange(source.size, dtype=out.dtype).reshape(source.shape)
             moved = bind_with(eqn, values, random)(units)
