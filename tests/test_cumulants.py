@@ -166,15 +166,11 @@ def test_square_of_gaussian_third_cumulant_is_wick_minus_triangle(x64):
     np.testing.assert_allclose(out.cov, 2 * S**2 + 4 * np.outer(mu, mu) * S, atol=1e-10)
 
 
-def test_square_and_cube_exact_for_non_gaussian_input(x64):
-    """With arbitrary input k3 and (radial) k4, the K = 3 mean and covariance of z^2 and the
-    mean of z^3 are exact moment identities."""
-    rng = np.random.default_rng(4)
-    n = 5
-    msg = _random_message(rng, n)
+def _check_square_and_cube(msg, k3, step):
+    """Mean and covariance of z^2 and mean of z^3 from mean, cov, k3 and k4: moment identities."""
     mu, S = np.asarray(msg.mean), np.asarray(msg.cov)
-    k3, k4 = np.asarray(dense_third(msg.third)), np.asarray(dense_fourth(msg.fourth))
-    sq = _elementwise(msg, "square", 3)
+    k4 = np.asarray(dense_fourth(msg.fourth))
+    sq = step(msg, "square")
     np.testing.assert_allclose(sq.mean, mu**2 + np.diag(S), atol=1e-10)
     k_iij = np.einsum("iij->ij", k3)
     want_cov = (
@@ -185,9 +181,18 @@ def test_square_and_cube_exact_for_non_gaussian_input(x64):
         + np.einsum("iijj->ij", k4)
     )
     np.testing.assert_allclose(sq.cov, want_cov, atol=1e-9)
-    cube = _elementwise(msg, "cube", 3)
+    cube = step(msg, "cube")
     want_mean = mu**3 + 3 * mu * np.diag(S) + np.einsum("iii->i", k3)
     np.testing.assert_allclose(cube.mean, want_mean, atol=1e-9)
+
+
+def test_square_and_cube_exact_for_non_gaussian_input(x64):
+    """With arbitrary input k3 and (radial) k4, the K = 3 mean and covariance of z^2 and the
+    mean of z^3 are exact moment identities."""
+    rng = np.random.default_rng(4)
+    n = 5
+    msg = _random_message(rng, n)
+    _check_square_and_cube(msg, np.asarray(dense_third(msg.third)), lambda m, a: _elementwise(m, a, 3))
 
 
 def test_identity_activation_leaves_message_unchanged(x64):
@@ -480,21 +485,7 @@ def test_order4_mean_and_covariance_of_square_exact_for_non_gaussian_input(x64):
     rng = np.random.default_rng(23)
     n = 5
     msg = _random_order4_message(rng, n)
-    mu, S = np.asarray(msg.mean), np.asarray(msg.cov)
-    k3, k4 = np.asarray(msg.third), np.asarray(dense_fourth(msg.fourth))
-    sq = elementwise(msg, "square", 4)
-    np.testing.assert_allclose(sq.mean, mu**2 + np.diag(S), atol=1e-10)
-    k_iij = np.einsum("iij->ij", k3)
-    want_cov = (
-        4 * np.outer(mu, mu) * S
-        + 2 * S**2
-        + 2 * mu[:, None] * k_iij.T
-        + 2 * mu[None, :] * k_iij
-        + np.einsum("iijj->ij", k4)
-    )
-    np.testing.assert_allclose(sq.cov, want_cov, atol=1e-9)
-    cube = elementwise(msg, "cube", 4)
-    np.testing.assert_allclose(cube.mean, mu**3 + 3 * mu * np.diag(S) + np.einsum("iii->i", k3), atol=1e-9)
+    _check_square_and_cube(msg, np.asarray(msg.third), lambda m, a: elementwise(m, a, 4))
 
 
 # Order 4 against Monte Carlo and under jax.grad: tests/test_cumulant_family.py (through the

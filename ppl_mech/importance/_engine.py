@@ -159,7 +159,7 @@ class Problem:
 
         With ``site`` and ``position``: only that flat element of that site, ``(K,)``.
         """
-        from ._relax import DiscreteRelaxation, exact_changes
+        from ._relax import DiscreteRelaxation, exact_changes, exact_changes_at
 
         values = self.space.values(z, k)
         leaves = [values[n] for n in self.names]
@@ -176,7 +176,7 @@ class Problem:
             leaf = self.names.index(name)
             if position is not None:
                 if exact:
-                    out[name] = _exact_change_at(score_flat, leaves, leaf, position, dsite.support)
+                    out[name] = exact_changes_at(score_flat, leaves, leaf, position, dsite.support)
                 else:
                     rel = self._relaxation
                     _, grads = rel.boundary_gradient(leaves)
@@ -187,19 +187,6 @@ class Problem:
             else:
                 out[name] = self._relaxation.changes(leaves, leaf, dsite.support)
         return out
-
-
-def _exact_change_at(score_flat, leaves, leaf, position, support):
-    base = score_flat(*leaves)
-    shape = leaves[leaf].shape
-
-    def one(value):
-        flat = jnp.reshape(leaves[leaf], (-1,)).at[position].set(value.astype(leaves[leaf].dtype))
-        changed = list(leaves)
-        changed[leaf] = jnp.reshape(flat, shape)
-        return score_flat(*changed) - base
-
-    return jax.vmap(one)(support)
 
 
 @dataclasses.dataclass

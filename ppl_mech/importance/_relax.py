@@ -139,19 +139,23 @@ class DiscreteRelaxation:
         return jnp.reshape(out, leaves[leaf].shape + (support.shape[0],))
 
 
+def exact_changes_at(score_flat: Callable, leaves, leaf: int, position, support, base=None) -> jax.Array:
+    """True score changes ``score(x_i <- v) - score(x)`` of one flat element ``i``, every ``v``."""
+    shape = leaves[leaf].shape
+    base = score_flat(*leaves) if base is None else base
+
+    def one(value):
+        flat = jnp.reshape(leaves[leaf], (-1,)).at[position].set(value.astype(leaves[leaf].dtype))
+        changed = list(leaves)
+        changed[leaf] = jnp.reshape(flat, shape)
+        return score_flat(*changed) - base
+
+    return jax.vmap(one)(support)
+
+
 def exact_changes(score_flat: Callable, leaves, leaf: int, support) -> jax.Array:
     """True score changes ``score(x_i <- v) - score(x)`` for every element ``i`` and value ``v``."""
-    shape = leaves[leaf].shape
     base = score_flat(*leaves)
-
-    def at(position):
-        def one(value):
-            flat = jnp.reshape(leaves[leaf], (-1,)).at[position].set(value.astype(leaves[leaf].dtype))
-            changed = list(leaves)
-            changed[leaf] = jnp.reshape(flat, shape)
-            return score_flat(*changed) - base
-
-        return jax.vmap(one)(support)
-
-    out = jax.lax.map(at, jnp.arange(leaves[leaf].size))
-    return jnp.reshape(out, shape + (support.shape[0],))
+    out = jax.lax.map(lambda position: exact_changes_at(score_flat, leaves, leaf, position, support, base),
+                      jnp.arange(leaves[leaf].size))
+    return jnp.reshape(out, leaves[leaf].shape + (support.shape[0],))

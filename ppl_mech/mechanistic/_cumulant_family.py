@@ -46,13 +46,14 @@ import numpyro.distributions as dist
 from jax.extend.core import Literal
 
 from ppl_mech import cumulants
-from ppl_mech._capture import LatentSite, capture_program
-from ppl_mech._errors import ModelError, UnsupportedDistributionError, UnsupportedPrimitiveError
+from ppl_mech._capture import LatentSite
+from ppl_mech._errors import UnsupportedDistributionError, UnsupportedPrimitiveError
 
 from ._elementwise import _affine_of, compose, is_elementwise
 from ._inputs import _full_covariance, _unwrap
 from ._interpreter import CALL_JAXPR_PARAMS, COMPARISONS, describe
 from ._linear import LINEAR_PRIMITIVES, bind_eqn, bind_with, check_affine, variance_image
+from ._program import mechanized_program
 from ._state import Handle
 
 
@@ -424,14 +425,7 @@ class CumulantInterpreter:
 def propagate_cumulants(model, args, kwargs, *, order: int, sites=None):
     """Traceable core: ``({site: {'value', 'stderr', 'variance'}}, notes, booleans)``."""
     order = check_order(order)
-    program = capture_program(model, args, kwargs)
-    if program.uses_prng_key:
-        raise ModelError(
-            "the model draws randomness with numpyro.prng_key(), which mechanize cannot see; "
-            "make it a numpyro.sample site"
-        )
-    wanted = list(program.outputs) if sites is None else list(sites)
-    program.check_outputs(wanted)
+    program, wanted = mechanized_program(model, args, kwargs, sites)
     jaxpr = program.make_jaxpr(wanted)
     interpreter = CumulantInterpreter(order)
     if order == 1:

@@ -10,14 +10,14 @@ import jax
 import jax.numpy as jnp
 import scipy.stats
 
-from ppl_mech._capture import ModelArgs, capture_program
+from ppl_mech._capture import ModelArgs
 from ppl_mech._cost import compile_with_cost, is_traced
-from ppl_mech._errors import ModelError
 from ppl_mech._result import Cost, Results, SiteResult
 
 from ._cumulant_family import DEFAULT_ORDER, check_order, propagate_cumulants
 from ._inputs import input_handle
 from ._interpreter import Interpreter
+from ._program import mechanized_program
 from ._state import State
 
 FAMILIES = ("mean", "diagonal", "gaussian")
@@ -28,13 +28,7 @@ INDEPENDENCE_NOTE = "independence presumption: units treated as independent ({fa
 def propagate(model: Callable, args: Sequence, kwargs: Mapping, *, family: str,
               sites: Sequence[str] | None, key, num_samples: int, relu: str = "exact"):
     """Traceable core: ``({site: {'value', 'stderr', ...}}, notes, booleans)``."""
-    program = capture_program(model, args, kwargs)
-    if program.uses_prng_key:
-        raise ModelError(
-            "the model draws randomness with numpyro.prng_key(), which mechanize cannot see; "
-            "make it a numpyro.sample site"
-        )
-    wanted = list(program.outputs) if sites is None else list(sites)
+    program, wanted = mechanized_program(model, args, kwargs, sites)
     jaxpr = program.make_jaxpr(wanted)
     state = State(family, relu=relu)
     if family != "gaussian":

@@ -85,6 +85,24 @@ def _psd_factor(cov):
     return vecs * jnp.sqrt(jnp.maximum(vals, 0.0))[None, :]
 
 
+def gaussian_input(mean, cov, n: int, dtype, *, names=("mean", "cov"), against: str = "A"):
+    """``(mean, F)`` of ``x ~ N(mean, F F^T)`` in ``n`` dimensions (defaults 0 and I).
+
+    ``cov`` may be singular (PSD); shapes are checked, naming the arguments ``names`` and
+    the array ``against`` whose size ``n`` they must match.
+    """
+    mean_name, cov_name = names
+    mean = jnp.zeros(n, dtype) if mean is None else jnp.asarray(mean, dtype)
+    if mean.shape != (n,):
+        raise ValueError(f"{mean_name} must have shape ({n},) to match {against}; got {mean.shape}")
+    if cov is None:
+        return mean, jnp.eye(n, dtype=dtype)
+    cov = jnp.asarray(cov, dtype)
+    if cov.shape != (n, n):
+        raise ValueError(f"{cov_name} must have shape ({n}, {n}) to match {against}; got {cov.shape}")
+    return mean, _psd_factor(cov)
+
+
 def quadratic_form_cgf(A, b=None, c=0.0, mean=None, cov=None) -> CGF:
     """Exact CGF of ``Y = x^T A x + b.x + c``, ``x ~ N(mean, cov)`` (defaults: 0 and I).
 
@@ -97,18 +115,9 @@ def quadratic_form_cgf(A, b=None, c=0.0, mean=None, cov=None) -> CGF:
     dtype = jnp.result_type(A, float)
     A = 0.5 * (A + A.T).astype(dtype)
     b = jnp.zeros(n, dtype) if b is None else jnp.asarray(b, dtype)
-    mean = jnp.zeros(n, dtype) if mean is None else jnp.asarray(mean, dtype)
     if b.shape != (n,):
         raise ValueError(f"b must have shape ({n},) to match A; got {b.shape}")
-    if mean.shape != (n,):
-        raise ValueError(f"mean must have shape ({n},) to match A; got {mean.shape}")
-    if cov is None:
-        F = jnp.eye(n, dtype=dtype)
-    else:
-        cov = jnp.asarray(cov, dtype)
-        if cov.shape != (n, n):
-            raise ValueError(f"cov must have shape ({n}, {n}) to match A; got {cov.shape}")
-        F = _psd_factor(cov)
+    mean, F = gaussian_input(mean, cov, n, dtype)
     lam, Q = jnp.linalg.eigh(F.T @ A @ F)
     d = Q.T @ (F.T @ (b + 2.0 * A @ mean))
     const = mean @ A @ mean + b @ mean + jnp.asarray(c, dtype)

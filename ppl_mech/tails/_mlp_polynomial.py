@@ -62,7 +62,7 @@ from jax import lax
 from ..cumulants._wick import ACTIVATIONS, relu_wick
 from ..rules.gauss_hermite import gauss_hermite_moments
 from ..rules.mehler import hermite_coefficients
-from ._exact_cgfs import eigen_quadratic_cgf
+from ._exact_cgfs import eigen_quadratic_cgf, gaussian_input
 from ._saddlepoint import CGF
 
 __all__ = [
@@ -107,11 +107,6 @@ def _activation(activation):
     return getattr(activation, "__name__", "callable"), activation
 
 
-def _psd_factor(cov):
-    vals, vecs = jnp.linalg.eigh(0.5 * (cov + cov.T))
-    return vecs * jnp.sqrt(jnp.maximum(vals, 0.0))[None, :]
-
-
 def mlp_polynomial_surrogate(
     w1,
     b1,
@@ -149,16 +144,8 @@ def mlp_polynomial_surrogate(
     if w2.shape != (H,):
         raise ValueError(f"w2 must have shape ({H},) (a scalar readout) to match w1; got {w2.shape}")
     b2 = jnp.asarray(0.0 if b2 is None else b2, dtype).reshape(())
-    mean = jnp.zeros(n, dtype) if input_mean is None else jnp.asarray(input_mean, dtype)
-    if mean.shape != (n,):
-        raise ValueError(f"input_mean must have shape ({n},) to match w1; got {mean.shape}")
-    if input_cov is None:
-        F = jnp.eye(n, dtype=dtype)
-    else:
-        cov = jnp.asarray(input_cov, dtype)
-        if cov.shape != (n, n):
-            raise ValueError(f"input_cov must have shape ({n}, {n}); got {cov.shape}")
-        F = _psd_factor(cov)
+    mean, F = gaussian_input(input_mean, input_cov, n, dtype, names=("input_mean", "input_cov"),
+                             against="w1")
 
     return _build(w1, b1, w2, b2, mean, F, name, fn, degree, quadrature_degree)
 

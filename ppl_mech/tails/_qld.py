@@ -105,6 +105,14 @@ def _min_norm_point(P, q, iters):
     return x
 
 
+def _unit_direction(direction, dim: int, dtype) -> jax.Array:
+    """The user's whitened ``direction``, checked for shape and normalised."""
+    d = jnp.asarray(direction, dtype)
+    if d.shape != (dim,):
+        raise ValueError(f"direction must have shape ({dim},); got {d.shape}")
+    return d / jnp.linalg.norm(d)
+
+
 def _counts_and_stderr(lower, upper, a):
     n = a.shape[0]
     dtype = a.dtype
@@ -160,10 +168,7 @@ def qld_polytope(
         fallback = P[tight] / jnp.where(row_norm[tight] > 0, row_norm[tight], 1.0)
         d = jnp.where(norm_x > 1e-8, x / jnp.where(norm_x > 0, norm_x, 1.0), fallback)
     else:
-        d = jnp.asarray(direction, dtype)
-        if d.shape != (dim,):
-            raise ValueError(f"direction must have shape ({dim},); got {d.shape}")
-        d = d / jnp.linalg.norm(d)
+        d = _unit_direction(direction, dim, dtype)
     a = u @ d
     den = P @ d  # (r,)
     num = u @ P.T + q - a[:, None] * den[None, :]  # P b_i + q, (n, r)
@@ -200,10 +205,7 @@ def qld(
         g = L.T @ jax.grad(lambda h: jnp.asarray(margin_fn(h), dtype))(mean)
         d = g / jnp.linalg.norm(g)
     else:
-        d = jnp.asarray(direction, dtype)
-        if d.shape != (dim,):
-            raise ValueError(f"direction must have shape ({dim},); got {d.shape}")
-        d = d / jnp.linalg.norm(d)
+        d = _unit_direction(direction, dim, dtype)
     a = u @ d
     b = u - a[:, None] * d[None, :]
 
