@@ -87,7 +87,7 @@ class Config:
 
 # ---------------------------------------------------------------- truth
 
-def _cache_path(case: RareCase, config: Config) -> Path:
+def _cache_path(case: RareCase) -> Path:
     key = json.dumps(case.options, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     folder = results_dir() / "rare_truth"
@@ -139,7 +139,7 @@ def truth_for(case: RareCase, config: Config) -> dict:
     """Exact ``P``, or the cached splitting truth (extended when it is short of 2% and of ``truth_max``)."""
     if case.exact is not None:
         return {"p": case.exact, "se": 0.0, "evaluations": 0, "source": "exact"}
-    path = _cache_path(case, config)
+    path = _cache_path(case)
     cached = json.loads(path.read_text()) if path.exists() else None
     if cached is not None and (cached["se"] <= TRUTH_RELATIVE_SE * cached["p"]
                                or cached["evaluations"] + config.truth_round > config.truth_max):
