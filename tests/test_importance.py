@@ -290,3 +290,16 @@ def test_splitting_sizes_itself_to_the_budget():
     assert 0.6 * 2**14 <= r.cost.evaluations <= 1.4 * 2**14, r.cost.evaluations
     assert any("pilot" in note for note in r.notes)
     assert r.diagnostics["num_particles"] >= 32
+
+
+def test_splitting_flags_a_replica_that_dominates_the_mean():
+    """Heavy-tailed replicas (one holds most of the total) get a note; agreeing replicas do not."""
+    from ppl_mech.importance._ams import dominant_replica_note, largest_replica_share
+
+    agreeing = np.array([1.0, 1.2, 0.9, 1.1])
+    assert dominant_replica_note(agreeing) is None
+    assert largest_replica_share(agreeing) == pytest.approx(1.2 / 4.2)
+    heavy = np.array([0.1, 0.2, 9.0, 0.1])
+    assert "96%" in dominant_replica_note(heavy)  # 9.0 / 9.4
+    assert dominant_replica_note(np.array([0.0, 5.0])) is None  # two replicas: no verdict
+    assert np.isnan(largest_replica_share(np.zeros(4)))

@@ -26,6 +26,12 @@ regenerated particles stay correlated with their parents, which biases the
 estimate low by O(1/N): measured on ``halfspaces`` (P = 9.0e-7), about -70% at
 N = 32 particles per replica and within one standard error at N = 246. The
 estimate is consistent; raise ``num_particles``/``mcmc_steps`` for accuracy.
+Where the event is a union of many separate regions (deep, narrow ReLU
+networks) the replicas' estimates are heavy-tailed at small N: on a 64x8 ReLU
+MLP (P = 7.6e-9) with 129 particles and 5 steps, 16 replicas had a relative
+variance of 3.9 (a few replicas find rich regions, most miss them), against
+0.06 on a 128x2 MLP at the same cost, where the splitting variance is at its
+ideal ``-log P / N``. A replica that holds most of the total gets a note.
 ``num_replicas`` independent runs (vmapped) give the standard error from their
 spread (with few replicas that standard error is itself rough). The pCN step is tuned between levels from
 the previous level's acceptance. Only the target site gets the splitting
@@ -279,7 +285,9 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
         "levels": np.asarray(out["levels"]),
         "replica_estimates": estimates,
         "pcn_beta": np.asarray(out["beta"]),
+        "largest_replica_share": largest_replica_share(estimates),
     }
+    dominant = dominant_replica_note(estimates)
     results = {}
     lo, hi = normal_interval(value, stderr, ctx.level)
     results[ctx.target] = SiteResult(
@@ -289,7 +297,8 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
         cost, "importance[ams]", True,
         (f"ams: {replicas} replicas x {n} particles, kill fraction {kill_fraction}, {steps} pCN steps; "
          "consistent, biased low by O(1/N) when the pCN steps mix poorly; standard error across "
-         "replicas; k-hat does not apply",) + ((pilot_note,) if pilot_note else ()),
+         "replicas; k-hat does not apply",) + ((pilot_note,) if pilot_note else ())
+        + ((dominant,) if dominant else ()),
     )
     total = replicas * n
     for name, site in ctx.sites.items():
@@ -302,3 +311,26 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
             "initial draws from p", extra=common,
         )
     return {name: results[name] for name in ctx.sites}
+
+
+def largest_replica_share(estimates: np.ndarray) -> float:
+    """The largest replica's share of the summed estimates (``1/R`` when they agree)."""
+    total = float(np.sum(estimates))
+    return float(np.max(estimates)) / total if total > 0 else math.nan
+
+
+def dominant_replica_note(estimates: np.ndarray) -> str | None:
+    """A note when one replica holds more than ``2/R`` of the total (needs ``R >= 3``).
+
+    Light-tailed replicas (relative spread below ~0.5) stay well under that share;
+    a replica above it means the estimator is heavy-tailed at this ``N`` (the
+    event has regions most replicas never reach), so the mean rests on one run and
+    the standard error across replicas understates the error.
+    """
+    replicas = len(estimates)
+    share = largest_replica_share(estimates)
+    if replicas < 3 or not share > 2.0 / replicas:
+        return None
+    return (f"ams: one replica holds {share:.0%} of the total over {replicas} replicas: heavy-tailed "
+            "at this particle count (separate event regions most replicas miss); the standard error is "
+            "unreliable; raise num_samples or num_particles")
