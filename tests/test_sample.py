@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from ppl_mech import ModelError, Results, handlers
-from ppl_mech._intervals import clopper_pearson, jeffreys
+from ppl_mech._intervals import clopper_pearson, jeffreys, normal_interval, student_interval
 
 KEY = jax.random.PRNGKey(0)
 A = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.4]])
@@ -159,3 +159,16 @@ def test_weights_are_jit_arguments_not_constants():
     b = handlers.sample(linear_gaussian, num_samples=1000, rng_key=KEY)(2 * A, MU, L, 0.5)
     np.testing.assert_allclose(b["y"].value, 2 * np.asarray(a["y"].value), rtol=1e-5)
     assert jnp.asarray(a["y"].value).shape == (2,)
+
+
+def test_student_interval_widens_the_normal_one_for_few_replicas():
+    """With R replicas the interval uses t with R - 1 dof (3.18 at 95% for R = 4), and tends to normal."""
+    lo, hi = student_interval(1.0, 0.1, dof=3)
+    assert hi - 1.0 == pytest.approx(0.1 * stats.t.ppf(0.975, 3))
+    assert 1.0 - lo == pytest.approx(hi - 1.0)
+    n_lo, n_hi = normal_interval(1.0, 0.1)
+    assert (hi - lo) / (n_hi - n_lo) == pytest.approx(3.1824 / 1.95996, rel=1e-4)
+    big_lo, big_hi = student_interval(1.0, 0.1, dof=10_000)
+    assert big_hi == pytest.approx(n_hi, rel=1e-4)
+    with pytest.raises(ValueError, match="dof"):
+        student_interval(1.0, 0.1, dof=0)

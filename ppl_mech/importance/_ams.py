@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppl_mech._errors import ModelError
-from ppl_mech._intervals import normal_interval
+from ppl_mech._intervals import student_interval
 from ppl_mech._result import SiteResult
 
 from ._engine import Context, effective_sample_size, plain_monte_carlo
@@ -289,7 +289,7 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
     }
     dominant = dominant_replica_note(estimates)
     results = {}
-    lo, hi = normal_interval(value, stderr, ctx.level)
+    lo, hi = student_interval(value, stderr, replicas - 1, ctx.level)
     results[ctx.target] = SiteResult(
         np.asarray(value), np.asarray(stderr), (np.clip(lo, 0, 1), np.clip(hi, 0, 1)),
         {**common, "ess": effective_sample_size(particle_log_weights), "khat": math.nan,
@@ -297,7 +297,7 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
         cost, "importance[ams]", True,
         (f"ams: {replicas} replicas x {n} particles, kill fraction {kill_fraction}, {steps} pCN steps; "
          "consistent, biased low by O(1/N) when the pCN steps mix poorly; standard error across "
-         "replicas; k-hat does not apply",) + ((pilot_note,) if pilot_note else ())
+         f"replicas, Student-t interval ({replicas - 1} dof); k-hat does not apply",) + ((pilot_note,) if pilot_note else ())
         + ((dominant,) if dominant else ()),
     )
     total = replicas * n

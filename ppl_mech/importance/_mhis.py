@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppl_mech._intervals import normal_interval
+from ppl_mech._intervals import student_interval
 from ppl_mech._result import SiteResult
 
 from ._engine import Context, effective_sample_size, pareto_khat, plain_monte_carlo
@@ -320,7 +320,7 @@ def _annealed(ctx, moves, *, num_samples, temperature, num_levels, steps_per_lev
         per_replica = np.sum(h.reshape(h.shape + (1,) * (f.ndim - 2)) * f, axis=1) * num_replicas
         value = per_replica.mean(axis=0) * math.exp(shift)
         stderr = per_replica.std(axis=0, ddof=1) / math.sqrt(num_replicas) * math.exp(shift)
-        lo, hi = normal_interval(value, stderr, ctx.level)
+        lo, hi = student_interval(value, stderr, num_replicas - 1, ctx.level)
         diag = dict(common)
         if ctx.keep_draws:
             diag["draws"] = np.reshape(np.asarray(out[name]), (-1,) + f.shape[2:])[:kept]
@@ -431,7 +431,7 @@ def _chains(ctx, moves, *, num_samples, temperature, num_chains, burn_in_fractio
         # delta method over independent chains: var(mean(num) - R mean(den)) / mean(den)^2
         resid = num - ratio * den.reshape((-1,) + (1,) * (num.ndim - 1))
         stderr = np.sqrt(np.var(resid, axis=0, ddof=1) / num_chains) / den.mean()
-        lo, hi = normal_interval(ratio, stderr, ctx.level)
+        lo, hi = student_interval(ratio, stderr, num_chains - 1, ctx.level)
         diag = dict(common)
         if ctx.keep_draws:
             diag["draws"] = np.asarray(out_final[name])[:kept]
