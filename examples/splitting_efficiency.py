@@ -62,7 +62,8 @@ def main() -> None:
         bias = estimates.mean() / p - 1
         bias_se = estimates.std(ddof=1) / p / math.sqrt(args.replicas)
         sigma_log10 = math.sqrt(math.log1p(relvar / BENCH_REPLICAS)) / math.log(10)
-        print(f"| {case.label} | {p:.2g} | {result.diagnostics['num_particles']} | {bias:+.2f} +- {bias_se:.2f} "
+        particles = result.diagnostics["num_particles"]
+        print(f"| {case.label} | {p:.2g} | {particles} | {bias:+.2f} +- {bias_se:.2f} "
               f"| {relvar:.3f} | {relvar * per_replica / math.log(p) ** 2:.1f} | {0.6745 * sigma_log10:.3f} "
               f"| {result.diagnostics['largest_replica_share']:.2f} |", flush=True)
 

@@ -303,3 +303,16 @@ def test_splitting_flags_a_replica_that_dominates_the_mean():
     assert "96%" in dominant_replica_note(heavy)  # 9.0 / 9.4
     assert dominant_replica_note(np.array([0.0, 5.0])) is None  # two replicas: no verdict
     assert np.isnan(largest_replica_share(np.zeros(4)))
+
+
+@pytest.mark.parametrize("proposal", ["cross-entropy", "itgis", "ams"])
+def test_detector_through_custom_jvp_activation(proposal):
+    """``jax.nn.relu`` is a ``custom_jvp_call``: the score interpreter binds it with its sub-functions."""
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        numpyro.deterministic("catastrophe", jax.nn.relu(x).sum() > 4.0)
+
+    r = handlers.importance(model, proposal=proposal, num_samples=4096, rng_key=KEY)()["catastrophe"]
+    # P[sum relu(x_i) > 4] = 0.0373 (2^20 samples); each proposal is within its interval's reach
+    assert 0.025 < float(r.value) < 0.05, float(r.value)

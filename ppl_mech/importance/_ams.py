@@ -297,8 +297,8 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
         cost, "importance[ams]", True,
         (f"ams: {replicas} replicas x {n} particles, kill fraction {kill_fraction}, {steps} pCN steps; "
          "consistent, biased low by O(1/N) when the pCN steps mix poorly; standard error across "
-         f"replicas, Student-t interval ({replicas - 1} dof); k-hat does not apply",) + ((pilot_note,) if pilot_note else ())
-        + ((dominant,) if dominant else ()),
+         f"replicas, Student-t interval ({replicas - 1} dof); k-hat does not apply",)
+        + ((pilot_note,) if pilot_note else ()) + ((dominant,) if dominant else ()),
     )
     total = replicas * n
     for name, site in ctx.sites.items():

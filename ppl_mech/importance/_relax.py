@@ -29,6 +29,8 @@ import jax.numpy as jnp
 from jax.extend.core import Literal
 from jax.interpreters import partial_eval as pe
 
+from ppl_mech._bind import bind_eqn
+
 
 def _is_floating(aval) -> bool:
     try:
@@ -95,9 +97,7 @@ class DiscreteRelaxation:
         chosen = range(len(jaxpr.eqns)) if eqns is None else eqns
         for index in chosen:
             eqn = jaxpr.eqns[index]
-            outs = eqn.primitive.bind(*[read(v) for v in eqn.invars], **eqn.params)
-            if not eqn.primitive.multiple_results:
-                outs = [outs]
+            outs = bind_eqn(eqn, [read(v) for v in eqn.invars])
             for v, x in zip(eqn.outvars, outs, strict=True):
                 env[id(v)] = x + perturb[id(v)] if perturb and id(v) in perturb else x
         return [read(v) for v in (jaxpr.outvars if outputs is None else outputs)]

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
+from ppl_mech._bind import bind_eqn
 from ppl_mech._capture import Program
 from ppl_mech._errors import ModelError, UnsupportedPrimitiveError
 
@@ -114,9 +115,7 @@ class _MarginEvaluator:
                 sub, sub_consts = _sub_jaxpr(eqn)
                 outs, out_margins = self.run(sub, sub_consts, invals, inmargins)
             else:
-                outs = eqn.primitive.bind(*invals, **eqn.params)
-                if not eqn.primitive.multiple_results:
-                    outs = [outs]
+                outs = bind_eqn(eqn, invals)
                 out_margins = [None] * len(outs)
                 if wants_margin:
                     out_margins = [self.rule(eqn, invals, inmargins)]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from ppl_mech._bind import bind_eqn
 from ppl_mech._errors import UnsupportedPrimitiveError
 
 from ._state import Handle, State, variance_of
@@ -70,16 +71,6 @@ def check_affine(eqn, random_positions: Sequence[int], where: str) -> None:
         raise UnsupportedPrimitiveError(
             f"{where}: converting a random value to {eqn.params['new_dtype']} has no rule"
         )
-
-
-def bind_eqn(eqn, operands: Sequence) -> list:
-    """Evaluate one equation on concrete (or traced) operands, as ``jax.core.eval_jaxpr`` does."""
-    params = eqn.primitive.get_bind_params(eqn.params)
-    subfuns: list = []
-    if isinstance(params, tuple):  # older jax returns (subfuns, params)
-        subfuns, params = params
-    out = eqn.primitive.bind(*subfuns, *operands, **params)
-    return out if eqn.primitive.multiple_results else [out]
 
 
 def bind_with(eqn, values: list, random_positions: Sequence[int]) -> Callable:
