@@ -316,3 +316,29 @@ def test_detector_through_custom_jvp_activation(proposal):
     r = handlers.importance(model, proposal=proposal, num_samples=4096, rng_key=KEY)()["catastrophe"]
     # P[sum relu(x_i) > 4] = 0.0373 (2^20 samples); each proposal is within its interval's reach
     assert 0.025 < float(r.value) < 0.05, float(r.value)
+
+
+def _tail_model():
+    x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+    numpyro.deterministic("catastrophe", x > 2.5)
+
+
+def test_zero_events_under_the_proposal_give_an_uninformative_interval():
+    """A proposal that never reaches the event says nothing: interval [0, 1] and a note, not [0, 0]."""
+    r = handlers.importance(_tail_model, proposal={"x": dist.Normal(-5.0, 0.5)}, num_samples=2048,
+                            rng_key=KEY)()["catastrophe"]
+    assert float(r.value) == 0.0 and r.diagnostics["events"] == 0
+    assert r.interval == (0.0, 1.0)
+    assert any("no event" in note for note in r.notes)
+
+
+def test_heavy_tailed_weights_get_a_khat_note():
+    """A proposal narrower than p has unbounded weights (k = 1 - 0.15^2 here): the result says so."""
+    narrow = handlers.importance(_tail_model, proposal={"x": dist.Normal(2.6, 0.15)}, num_samples=4096,
+                                 rng_key=KEY)()["catastrophe"]
+    assert narrow.diagnostics["khat_site"] > 0.7
+    assert any("k-hat" in note for note in narrow.notes)
+    wide = handlers.importance(_tail_model, proposal={"x": dist.Normal(2.7, 1.0)}, num_samples=4096,
+                               rng_key=KEY)()["catastrophe"]
+    assert wide.diagnostics["khat_site"] < 0.7
+    assert not any("k-hat" in note for note in wide.notes)

@@ -42,6 +42,9 @@ CHUNK_BYTES = 1 << 27
 MIN_DRAWS_FOR_KHAT = 20
 
 
+KHAT_RELIABLE = 0.7  # PSIS (Vehtari et al. 2024): above it, importance-sampling estimates are unreliable
+
+
 def effective_sample_size(log_weights) -> float:
     """Kish's effective sample size ``(sum w)^2 / sum w^2`` of (unnormalized) log-weights."""
     lw = np.asarray(log_weights, np.float64).ravel()
@@ -328,15 +331,32 @@ def weighted_estimates(
             diag["draws"] = np.asarray(kept_draws[name])[:kept]
         else:
             diag.pop("log_weights")
+        site_notes = list(notes)
         if site.is_boolean:
             lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
             diag["events"] = acc.events
+            unseen = np.asarray(acc.events) == 0
+            if np.any(unseen):
+                # zero events under q bound nothing (q may miss the event region): no interval
+                hi = np.where(unseen, 1.0, hi)
+                hi = float(hi) if np.ndim(hi) == 0 else hi
+                site_notes.append(
+                    f"{name}: no event among the {num_samples} draws from the proposal; the estimate 0 "
+                    "is uninformative and its interval is [0, 1]"
+                )
         if acc.log_terms:
             terms = np.concatenate(acc.log_terms)
             diag["khat_site"] = pareto_khat(terms)
             diag["ess_site"] = effective_sample_size(terms)
+        khat_here = diag.get("khat_site", khat)
+        if khat_here > KHAT_RELIABLE and not (site.is_boolean and np.all(np.asarray(acc.events) == 0)):
+            site_notes.append(
+                f"{name}: Pareto k-hat {khat_here:.2f} > {KHAT_RELIABLE}: the importance weights are "
+                "heavy-tailed, so the estimate and its standard error are unreliable (likely too low); "
+                "try another proposal or more samples"
+            )
         results[name] = SiteResult(acc.mean, stderr, (lo, hi), diag, cost, method, site.is_boolean,
-                                   tuple(notes))
+                                   tuple(site_notes))
     return results
 
 

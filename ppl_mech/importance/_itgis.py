@@ -159,11 +159,17 @@ def run_itgis(
             new["start"] = state["start"]
         return new, fraction
 
-    fractions = []
+    fractions, log_ts = [], []
     for t in range(steps):
         state, fraction = ctx.meter("itgis-adapt", adapt_step, ctx.dynamic, state, ctx.key(10 + t),
                                     evaluations=batch)
         fractions.append(float(fraction))
+        log_ts.append(float(state["log_t"]))
+    if temperature is None and not space.continuous and steps >= 4:
+        # The Robbins-Monro walk on log T jumps (a near-deterministic proposal sees all or no
+        # catastrophes); its last iterate can be a point mass off the event. Polyak averaging
+        # over the second half of the walk is the stable answer.
+        state = {**state, "log_t": jnp.asarray(np.mean(log_ts[steps // 2:]), jnp.float32)}
     q = _proposal(problem, state)
     used = steps * batch
     diagnostics = {
