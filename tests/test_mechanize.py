@@ -159,3 +159,65 @@ def test_two_latent_sites_are_independent(x64):
     r = handlers.mechanize(model)()
     np.testing.assert_allclose(np.asarray(r["y"].diagnostics["variance"]), 5.0, rtol=1e-12)
     assert float(r["tail"].value) == pytest.approx(stats.norm.sf(4.0, 1.5, np.sqrt(5.0)), rel=1e-10)
+
+
+@pytest.mark.parametrize("activation", [jax.nn.leaky_relu, jax.nn.elu, jax.nn.relu6, jax.nn.softplus])
+@pytest.mark.parametrize("family,options", [("diagonal", {}), ("gaussian", {}), ("cumulant", {"order": 3})])
+def test_where_based_activations_are_elementwise_functions(activation, family, options):
+    """``jnp.where(x > 0, x, a x)`` (leaky ReLU, ELU, ...) is one elementwise function, not a detector."""
+    w = jnp.asarray(np.random.default_rng(0).standard_normal((8, 8)) / np.sqrt(8), jnp.float32)
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([8]).to_event(1))
+        numpyro.deterministic("y", (activation(x @ w) @ w)[0])
+
+    reference = handlers.sample(model, num_samples=2**18, rng_key=jax.random.PRNGKey(0))()["y"]
+    r = handlers.mechanize(model, family=family, **options)()["y"]
+    assert abs(float(r.value) - float(reference.value)) < 0.01 + 4 * float(reference.stderr)
+
+
+def test_a_comparison_that_is_also_the_detector_stays_an_event():
+    """Only comparisons used solely as ``select_n`` predicates are composed; a reported one is an event."""
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        above = x > 1.0
+        numpyro.deterministic("catastrophe", above[0])
+        numpyro.deterministic("y", jnp.where(above, x, 0.0).sum())
+
+    with pytest.raises(UnsupportedPrimitiveError, match="'select_n' inside '_where' called at .*test_mechanize"):
+        handlers.mechanize(model, family="gaussian")()
+
+
+def test_an_event_sliced_from_a_vector_of_events():
+    """``(x > 1)[0]``: the slice of an events array runs on constant unit indices, even under jit."""
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("catastrophe", (x > 1.0)[0])
+
+    r = handlers.mechanize(model, family="gaussian")()["catastrophe"]
+    assert float(r.value) == pytest.approx(stats.norm.sf(1.0), rel=1e-4)
+
+
+@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
+def test_monotone_function_thresholds_are_decided_on_the_gaussian_input(family):
+    """``sigmoid(y) > p``, ``tanh(y) < -c``, ``exp(y) > c``, ``-2 sigmoid(y) < c``: exact normal tails."""
+    w = np.random.default_rng(0).standard_normal((8, 8)) / np.sqrt(8)
+    sd = np.sqrt((w.astype(np.float32).astype(np.float64) ** 2).sum(0))
+    detectors = {
+        "sigmoid": (lambda y: jax.nn.sigmoid(y[0]) > 0.99, stats.norm.sf(np.log(99) / sd[0])),
+        "tanh": (lambda y: jnp.tanh(y[1]) < -0.95, stats.norm.cdf(np.arctanh(-0.95) / sd[1])),
+        "exp": (lambda y: jnp.exp(y[2]) > 20.0, stats.norm.sf(np.log(20) / sd[2])),
+        "decreasing": (lambda y: -2 * jax.nn.sigmoid(y[0]) < -1.9, stats.norm.sf(np.log(19) / sd[0])),
+        "reversed": (lambda y: 0.01 > jax.nn.sigmoid(y[3]), stats.norm.cdf(np.log(0.01 / 0.99) / sd[3])),
+    }
+    for name, (detector, exact) in detectors.items():
+
+        def model(detector=detector):
+            x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([8]).to_event(1))
+            numpyro.deterministic("catastrophe", detector(x @ jnp.asarray(w, jnp.float32)))
+
+        r = handlers.mechanize(model, family=family)()["catastrophe"]
+        assert float(r.value) == pytest.approx(exact, rel=1e-3), name
+        assert any("monotone" in note for note in r.notes), name

@@ -51,8 +51,9 @@ from ppl_mech._errors import UnsupportedDistributionError, UnsupportedPrimitiveE
 
 from ._elementwise import _affine_of, compose, is_elementwise
 from ._inputs import _full_covariance, _unwrap
-from ._interpreter import CALL_JAXPR_PARAMS, COMPARISONS, describe
+from ._interpreter import CALL_JAXPR_PARAMS, COMPARISONS, describe, inside_call
 from ._linear import LINEAR_PRIMITIVES, bind_eqn, bind_with, check_affine, variance_image
+from ._predicates import predicate_only_vars, same_shape
 from ._program import mechanized_program
 from ._state import Handle
 
@@ -122,6 +123,7 @@ class CumulantInterpreter:
     def __init__(self, order: int):
         self.order = check_order(order)
         self.notes: list[str] = []
+        self.predicate_only: set = set()
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -185,6 +187,7 @@ class CumulantInterpreter:
     # --- the walk -------------------------------------------------------------------------
     def run(self, jaxpr, consts, args) -> list:
         env: dict[Any, Any] = {}
+        self.predicate_only |= predicate_only_vars(jaxpr, CALL_JAXPR_PARAMS)
         for var, value in zip(jaxpr.constvars, consts, strict=True):
             env[var] = value
         for var, value in zip(jaxpr.invars, args, strict=True):
@@ -205,7 +208,8 @@ class CumulantInterpreter:
                         f"{describe(eqn)}: its sub-jaxpr takes {len(sub.invars)} operands, got "
                         f"{len(values)}"
                     )
-                outs = self.run(sub, sub_consts, values)
+                with inside_call(eqn):
+                    outs = self.run(sub, sub_consts, values)
             else:
                 outs = [self.apply(eqn, values)]
             for var, value in zip(eqn.outvars, outs, strict=True):
@@ -226,6 +230,17 @@ class CumulantInterpreter:
                     and tuple(aval.shape) == t.shape):
                 return t
             raise UnsupportedPrimitiveError(f"{where}: {name!r} of a detector: {COMBINED_DETECTOR_ERROR}")
+        shape = tuple(aval.shape)
+        elementwise_here = is_elementwise(eqn) and all(values[i].shape == shape for i in random)
+        branch_choice = name in COMPARISONS and eqn.outvars[0] in self.predicate_only and same_shape(eqn)
+        if name in ("eq", "ne") and len(values) == 2 and values[0] is values[1]:
+            # ``x != x`` is the NaN test (softplus, logaddexp): a message's values are never NaN
+            return jnp.full(aval.shape, name == "eq")
+        if branch_choice:
+            bases = {id(self.base_of(values[i])) for i in random}
+            if len(bases) == 1:  # a branch choice inside an elementwise function (leaky ReLU)
+                base = self.base_of(values[random[0]])
+                return compose(eqn, values, {i: values[i] for i in random}, base, where)
         if name in COMPARISONS:
             return self._threshold(eqn, values, random, where)
         if aval.dtype == jnp.bool_ or name in ("eq", "ne"):
@@ -238,8 +253,7 @@ class CumulantInterpreter:
                 f"{where}: {name!r} turns a random value into {aval.dtype}; the cumulant family "
                 "propagates real values only"
             )
-        shape = tuple(aval.shape)
-        if is_elementwise(eqn) and all(values[i].shape == shape for i in random):
+        if elementwise_here:
             bases = {id(self.base_of(values[i])) for i in random}
             if len(bases) == 1:
                 base = self.base_of(values[random[0]])

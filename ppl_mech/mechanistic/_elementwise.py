@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ppl_mech.rules.gauss_hermite import gauss_hermite_rule
 from ppl_mech.rules.mehler import truncated_mehler_covariance
@@ -105,10 +106,58 @@ def compose(eqn, values: list, operands: dict[int, Handle], base: Handle, where:
         and operands[positions[0]] is operands[positions[1]]
     ):
         structure = ("closed", parts[0], "square", _identity)
+    monotone = _monotone_step(eqn, values, positions, [
+        operands[i].data.get("monotone", 0) if operands[i].kind == "lazy" else 1 for i in positions
+    ])
     return Handle(
         eqn.outvars[0].aval.shape, eqn.outvars[0].aval.dtype, "lazy",
-        {"base": base, "fn": fn, "structure": structure}, where,
+        {"base": base, "fn": fn, "structure": structure, "monotone": monotone}, where,
     )
+
+
+INCREASING = {
+    "tanh", "logistic", "exp", "exp2", "log", "log1p", "expm1", "erf", "erf_inv", "atan", "sinh",
+    "asinh", "acosh", "atanh", "sqrt", "cbrt", "copy", "copy_p", "reduce_precision",
+    "convert_element_type", "max", "min", "add", "add_any",
+}
+DECREASING = {"neg", "erfc"}
+
+
+def _constant_sign(x) -> int:
+    """+1 / -1 if the constant ``x`` is concretely all positive / all negative, else 0."""
+    if isinstance(x, jax.core.Tracer):
+        return 0
+    x = np.asarray(x)
+    if np.all(x > 0):
+        return 1
+    return -1 if np.all(x < 0) else 0
+
+
+def _monotone_step(eqn, values, positions, incoming) -> int:
+    """Direction (+1 increasing, -1 decreasing, 0 unknown) of the chain after ``eqn``.
+
+    Tracked so that a comparison of a monotone chain (``sigmoid(y) > 0.999``,
+    ``tanh(y) < -0.9``) can be decided on its Gaussian base by inverting the threshold.
+    """
+    if len(positions) != 1 or incoming[0] == 0:
+        return 0
+    m, pos, name = incoming[0], positions[0], eqn.primitive.name
+    others = [v for i, v in enumerate(values) if i != pos]
+    if name in INCREASING:
+        return m
+    if name in DECREASING:
+        return -m
+    if name == "sub":
+        return m if pos == 0 else -m
+    if name == "mul" and len(others) == 1:
+        return m * _constant_sign(others[0])
+    if name == "div" and pos == 0:
+        return m * _constant_sign(others[0])
+    if name == "integer_pow" and eqn.params.get("y", 0) % 2 == 1 and eqn.params["y"] > 0:
+        return m
+    if name == "clamp" and pos == 1:
+        return m
+    return 0
 
 
 def _closed_form(eqn, values, position):

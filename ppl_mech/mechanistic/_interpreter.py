@@ -12,6 +12,7 @@ are still needed.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import jax
@@ -25,6 +26,7 @@ from . import _categorical as categorical
 from . import _events as events
 from ._elementwise import compose, force, is_elementwise
 from ._linear import LINEAR_PRIMITIVES, affine_image, bind_eqn, bind_with, linear_rule
+from ._predicates import predicate_only_vars, same_shape
 from ._state import Handle, State, variance_of
 from ._thresholds import ReluPreimage, flat_affine, relu_preimage, threshold_margin
 
@@ -39,14 +41,37 @@ STRUCTURAL = {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dim
               "dynamic_update_slice", "convert_element_type"}
 
 
-def describe(eqn) -> str:
+_ENCLOSING_CALLS: list[str] = []  # "'name' at file:line" of the calls being interpreted
+
+
+def _location(eqn) -> str:
     try:
         from jax._src import source_info_util
 
-        where = source_info_util.summarize(eqn.source_info)
+        return source_info_util.summarize(eqn.source_info)
     except Exception:  # pragma: no cover - best effort
-        where = "?"
-    return f"primitive {eqn.primitive.name!r} at {where}"
+        return ""
+
+
+def describe(eqn) -> str:
+    """``primitive 'p' at file:line (fn)``; inside a library call, the user's call site instead."""
+    where = _location(eqn)
+    if not where.strip(" :") and _ENCLOSING_CALLS:
+        return f"primitive {eqn.primitive.name!r} inside {_ENCLOSING_CALLS[-1]}"
+    return f"primitive {eqn.primitive.name!r} at {where or '?'}"
+
+
+@contextlib.contextmanager
+def inside_call(eqn):
+    """Name ``eqn`` (a call: ``jit`` of ``jnp.where``, ``custom_jvp_call``, ...) while its body runs."""
+    label = eqn.params.get("name") or eqn.primitive.name
+    where = _location(eqn)
+    _ENCLOSING_CALLS.append(f"{label!r} called at {where}" if where.strip(" :") else
+                            (_ENCLOSING_CALLS[-1] if _ENCLOSING_CALLS else f"{label!r}"))
+    try:
+        yield
+    finally:
+        _ENCLOSING_CALLS.pop()
 
 
 PREIMAGE_LOST = (
@@ -58,6 +83,7 @@ PREIMAGE_LOST = (
 class Interpreter:
     def __init__(self, state: State, *, key, num_samples: int):
         self.state = state
+        self.predicate_only: set = set()
         self.refs: dict[int, int] = {}
         self.keep: set[int] = set()
         self.margins: dict[int, Handle] = {}
@@ -101,6 +127,7 @@ class Interpreter:
     def run(self, jaxpr, consts, args, *, top_level: bool = False) -> list:
         """Interpret ``jaxpr``; a sub-jaxpr's results stay held until the caller binds them."""
         env: dict[Any, Any] = {}
+        self.predicate_only |= predicate_only_vars(jaxpr, CALL_JAXPR_PARAMS)
         last_use: dict[Any, int] = {}
         for i, eqn in enumerate(jaxpr.eqns):
             for v in eqn.invars:
@@ -165,7 +192,8 @@ class Interpreter:
             raise UnsupportedPrimitiveError(
                 f"{describe(eqn)}: its sub-jaxpr takes {len(jaxpr.invars)} operands, got {len(values)}"
             )
-        outs = self.run(jaxpr, consts, values)
+        with inside_call(eqn):
+            outs = self.run(jaxpr, consts, values)
         return outs, [x for x in outs if isinstance(x, Handle)]
 
     # --- dispatch -----------------------------------------------------------------------
@@ -191,6 +219,12 @@ class Interpreter:
         if name in ("eq", "ne") and len(values) == 2 and values[0] is values[1]:
             # ``x != x`` is the NaN test (softplus, logaddexp): a message's values are never NaN
             return [jnp.full(out_aval.shape, name == "eq")]
+        if name in COMPARISONS and eqn.outvars[0] in self.predicate_only and same_shape(eqn):
+            bases = {id(self.base_of(values[i])) for i in random}
+            if len(bases) == 1:  # a branch choice inside an elementwise function (leaky ReLU)
+                base = self.base_of(values[random[0]])
+                self.hold(base)
+                return [compose(eqn, values, {i: values[i] for i in random}, base, where)]
         if name in COMPARISONS or name in ("eq", "ne"):
             return [self.compare(eqn, values, random, where)]
         if name == "argmax":
@@ -330,6 +364,42 @@ class Interpreter:
                          lambda v: jnp.reshape(var_fn(v), shape))
         return self.margin_event(m, 1, shape, where)
 
+    def compare_monotone(self, eqn, values, position: int, h: Handle, where: str) -> Handle:
+        """``f(z) > t`` for a monotone elementwise chain ``f``: ``z > f^-1(t)`` on the Gaussian base.
+
+        The inverse is found per unit by bisection (under ``jit``; 64 halvings of a bracket of
+        the base's mean +- 40 standard deviations, outside which the event is certain or
+        impossible to float precision).
+        """
+        name = eqn.primitive.name
+        shape = eqn.outvars[0].aval.shape
+        base, fn, direction = h.data["base"], h.data["fn"], h.data["monotone"]
+        base = self.moments(base, where)
+        dtype = base.data["mean"].dtype
+        mean = base.data["mean"]
+        sd = jnp.sqrt(jnp.maximum(variance_of(self.state, base), 0.0)) + 1e-30
+        threshold = jnp.broadcast_to(jnp.asarray(values[1 - position], dtype), shape)
+        lo, hi = mean - 40.0 * sd, mean + 40.0 * sd
+
+        def above(z):  # f(z) > t, with f made non-decreasing
+            value = fn(z)
+            return value > threshold if direction > 0 else value < threshold
+
+        def halve(_, bracket):
+            a, b = bracket
+            mid = 0.5 * (a + b)
+            up = above(mid)
+            return jnp.where(up, a, mid), jnp.where(up, mid, b)
+
+        a, b = jax.lax.fori_loop(0, 64, halve, (lo, hi))
+        crossing = jnp.where(above(lo), lo, jnp.where(above(hi), 0.5 * (a + b), hi))
+        # f(z) > t  <=>  z > crossing (direction > 0) or z < crossing (direction < 0), per unit
+        sign = COMPARISONS[name] * (1 if position == 0 else -1) * direction
+        m = affine_image(self.state, lambda z: z - crossing, [base], where, lambda v: v)
+        self.state.note(f"{where}: a comparison of a monotone elementwise function, decided on its "
+                        "Gaussian input by inverting the threshold")
+        return self.margin_event(m, sign, shape, where)
+
     # --- rules --------------------------------------------------------------------------
     def product(self, a: Handle, b: Handle, where: str) -> Handle:
         """Elementwise product of two random values: exact mean; Isserlis for covariances."""
@@ -394,6 +464,10 @@ class Interpreter:
             pre = self.preimage_of(values[random[0]])
             if pre is not None:
                 return self.compare_preimage(eqn, values, random[0], pre, where)
+            h = values[random[0]]
+            if (h.kind == "lazy" and h.data.get("monotone", 0) != 0 and h.data["structure"][0] != "affine"
+                    and h.data["base"].shape == h.shape == tuple(eqn.outvars[0].aval.shape)):
+                return self.compare_monotone(eqn, values, random[0], h, where)
         m, sign = self.margin(eqn, values, random, where)
         return self.margin_event(m, sign, shape, where, independent=len(random) > 1)
 
@@ -488,6 +562,12 @@ class Interpreter:
     def events_rule(self, eqn, values, random, where) -> Handle:
         name = eqn.primitive.name
         aval = eqn.outvars[0].aval
+        if any(isinstance(x, Handle) and x.kind != "events" for x in values):
+            raise UnsupportedPrimitiveError(
+                f"{where}: {name!r} mixes a detector event with a random real value (e.g. "
+                "jnp.where(event, x, y) where the event is also reported or combined): the gaussian "
+                "family has no rule for it; estimate this model with family='diagonal' or a sampler"
+            )
         arrays = [x.data["events"] if isinstance(x, Handle) and x.kind == "events"
                   else events.constant_events(x) for x in values]
         if name == "and":
@@ -518,12 +598,13 @@ class Interpreter:
                 operands.append(x)
                 continue
             pool.extend(arr.ravel().tolist())
-            operands.append(jnp.arange(offset, offset + arr.size, dtype=jnp.int32).reshape(arr.shape))
+            operands.append(np.arange(offset, offset + arr.size, dtype=np.int32).reshape(arr.shape))
             offset += arr.size
         sub = eqn
         if eqn.primitive.name == "convert_element_type":
             return arrays[0]
-        ids = np.asarray(bind_with(sub, operands, [])())
+        with jax.ensure_compile_time_eval():  # unit indices are constants, even inside jit
+            ids = np.asarray(bind_with(sub, operands, [])())
         out = np.empty(ids.shape, dtype=object)
         for idx in np.ndindex(*ids.shape):
             out[idx] = pool[int(ids[idx])]
