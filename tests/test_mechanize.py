@@ -185,7 +185,8 @@ def test_a_comparison_that_is_also_the_detector_stays_an_event():
         numpyro.deterministic("catastrophe", above[0])
         numpyro.deterministic("y", jnp.where(above, x, 0.0).sum())
 
-    with pytest.raises(UnsupportedPrimitiveError, match="'select_n' inside '_where' called at .*test_mechanize"):
+    located = "'select_n' inside '_where' called at .*test_mechanize"
+    with pytest.raises(UnsupportedPrimitiveError, match=located):
         handlers.mechanize(model, family="gaussian")()
 
 
