@@ -201,8 +201,8 @@ def test_an_event_sliced_from_a_vector_of_events():
     assert float(r.value) == pytest.approx(stats.norm.sf(1.0), rel=1e-4)
 
 
-@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
-def test_monotone_function_thresholds_are_decided_on_the_gaussian_input(family):
+@pytest.mark.parametrize("family,options", [("diagonal", {}), ("gaussian", {}), ("cumulant", {"order": 3})])
+def test_monotone_function_thresholds_are_decided_on_the_gaussian_input(family, options):
     """``sigmoid(y) > p``, ``tanh(y) < -c``, ``exp(y) > c``, ``-2 sigmoid(y) < c``: exact normal tails."""
     w = np.random.default_rng(0).standard_normal((8, 8)) / np.sqrt(8)
     sd = np.sqrt((w.astype(np.float32).astype(np.float64) ** 2).sum(0))
@@ -219,6 +219,6 @@ def test_monotone_function_thresholds_are_decided_on_the_gaussian_input(family):
             x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([8]).to_event(1))
             numpyro.deterministic("catastrophe", detector(x @ jnp.asarray(w, jnp.float32)))
 
-        r = handlers.mechanize(model, family=family)()["catastrophe"]
+        r = handlers.mechanize(model, family=family, **options)()["catastrophe"]
         assert float(r.value) == pytest.approx(exact, rel=1e-3), name
         assert any("monotone" in note for note in r.notes), name

@@ -49,7 +49,7 @@ from ppl_mech import cumulants
 from ppl_mech._capture import LatentSite
 from ppl_mech._errors import UnsupportedDistributionError, UnsupportedPrimitiveError
 
-from ._elementwise import _affine_of, compose, is_elementwise
+from ._elementwise import _affine_of, compose, is_elementwise, monotone_crossing
 from ._inputs import _full_covariance, _unwrap
 from ._interpreter import CALL_JAXPR_PARAMS, COMPARISONS, describe, inside_call
 from ._linear import LINEAR_PRIMITIVES, bind_eqn, bind_with, check_affine, variance_image
@@ -294,6 +294,17 @@ class CumulantInterpreter:
             )
         threshold = jnp.broadcast_to(jnp.asarray(values[1 - random[0]]), shape)
         upper = (COMPARISONS[name] > 0) == (random[0] == 0)  # y > t, or t < y
+        if (y.kind == "lazy" and y.data.get("monotone", 0) != 0 and y.data["structure"][0] != "affine"
+                and tuple(self.base_of(y).shape) == shape):
+            # f(z) > t for a monotone chain f is a threshold of z itself: its tail, not f's
+            base, direction = self.base_of(y), y.data["monotone"]
+            marginal = cumulants.marginal_cumulants(self.message(base, through=2))
+            mean = jnp.reshape(marginal[:, 0], shape)
+            sd = jnp.sqrt(jnp.maximum(jnp.reshape(marginal[:, 1], shape), 0.0)) + 1e-30
+            crossing = monotone_crossing(y.data["fn"], threshold.astype(mean.dtype), direction, mean, sd)
+            self.note(f"{where}: a comparison of a monotone elementwise function, decided on its input "
+                      "by inverting the threshold")
+            return Threshold(base, crossing, upper == (direction > 0), shape)
         return Threshold(self.force(y), threshold, upper, shape)
 
     def _tail(self, detector: Threshold) -> dict[str, Any]:

@@ -133,6 +133,28 @@ def _constant_sign(x) -> int:
     return -1 if np.all(x < 0) else 0
 
 
+def monotone_crossing(fn: Callable, threshold, direction: int, mean, sd, halvings: int = 64):
+    """Per unit, the ``c`` with ``f(z) > t  <=>  z > c`` (``direction`` +1) or ``z < c`` (-1).
+
+    Bisection under ``jit`` over the base's ``mean +- 40 sd``; outside that bracket the
+    event is certain or impossible to float precision (``c`` is then the bracket's end).
+    """
+    lo, hi = mean - 40.0 * sd, mean + 40.0 * sd
+
+    def above(z):  # false below the crossing, true above it
+        value = fn(z)
+        return value > threshold if direction > 0 else value < threshold
+
+    def halve(_, bracket):
+        a, b = bracket
+        mid = 0.5 * (a + b)
+        up = above(mid)
+        return jnp.where(up, a, mid), jnp.where(up, mid, b)
+
+    a, b = jax.lax.fori_loop(0, halvings, halve, (lo, hi))
+    return jnp.where(above(lo), lo, jnp.where(above(hi), 0.5 * (a + b), hi))
+
+
 def _monotone_step(eqn, values, positions, incoming) -> int:
     """Direction (+1 increasing, -1 decreasing, 0 unknown) of the chain after ``eqn``.
 

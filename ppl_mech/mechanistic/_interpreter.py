@@ -24,7 +24,7 @@ from ppl_mech._errors import UnsupportedPrimitiveError
 
 from . import _categorical as categorical
 from . import _events as events
-from ._elementwise import compose, force, is_elementwise
+from ._elementwise import compose, force, is_elementwise, monotone_crossing
 from ._linear import LINEAR_PRIMITIVES, affine_image, bind_eqn, bind_with, linear_rule
 from ._predicates import predicate_only_vars, same_shape
 from ._state import Handle, State, variance_of
@@ -365,34 +365,15 @@ class Interpreter:
         return self.margin_event(m, 1, shape, where)
 
     def compare_monotone(self, eqn, values, position: int, h: Handle, where: str) -> Handle:
-        """``f(z) > t`` for a monotone elementwise chain ``f``: ``z > f^-1(t)`` on the Gaussian base.
-
-        The inverse is found per unit by bisection (under ``jit``; 64 halvings of a bracket of
-        the base's mean +- 40 standard deviations, outside which the event is certain or
-        impossible to float precision).
-        """
+        """``f(z) > t`` for a monotone elementwise chain ``f``: ``z > f^-1(t)`` on the Gaussian base."""
         name = eqn.primitive.name
         shape = eqn.outvars[0].aval.shape
         base, fn, direction = h.data["base"], h.data["fn"], h.data["monotone"]
         base = self.moments(base, where)
         dtype = base.data["mean"].dtype
-        mean = base.data["mean"]
         sd = jnp.sqrt(jnp.maximum(variance_of(self.state, base), 0.0)) + 1e-30
         threshold = jnp.broadcast_to(jnp.asarray(values[1 - position], dtype), shape)
-        lo, hi = mean - 40.0 * sd, mean + 40.0 * sd
-
-        def above(z):  # f(z) > t, with f made non-decreasing
-            value = fn(z)
-            return value > threshold if direction > 0 else value < threshold
-
-        def halve(_, bracket):
-            a, b = bracket
-            mid = 0.5 * (a + b)
-            up = above(mid)
-            return jnp.where(up, a, mid), jnp.where(up, mid, b)
-
-        a, b = jax.lax.fori_loop(0, 64, halve, (lo, hi))
-        crossing = jnp.where(above(lo), lo, jnp.where(above(hi), 0.5 * (a + b), hi))
+        crossing = monotone_crossing(fn, threshold, direction, base.data["mean"], sd)
         # f(z) > t  <=>  z > crossing (direction > 0) or z < crossing (direction < 0), per unit
         sign = COMPARISONS[name] * (1 if position == 0 else -1) * direction
         m = affine_image(self.state, lambda z: z - crossing, [base], where, lambda v: v)
