@@ -332,10 +332,12 @@ def weighted_estimates(
         else:
             diag.pop("log_weights")
         site_notes = list(notes)
+        no_events = False
         if site.is_boolean:
             lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
             diag["events"] = acc.events
             unseen = np.asarray(acc.events) == 0
+            no_events = bool(np.all(unseen))
             if np.any(unseen):
                 # zero events under q bound nothing (q may miss the event region): no interval
                 hi = np.where(unseen, 1.0, hi)
@@ -349,7 +351,7 @@ def weighted_estimates(
             diag["khat_site"] = pareto_khat(terms)
             diag["ess_site"] = effective_sample_size(terms)
         khat_here = diag.get("khat_site", khat)
-        if khat_here > KHAT_RELIABLE and not (site.is_boolean and np.all(np.asarray(acc.events) == 0)):
+        if khat_here > KHAT_RELIABLE and not no_events:
             site_notes.append(
                 f"{name}: Pareto k-hat {khat_here:.2f} > {KHAT_RELIABLE}: the importance weights are "
                 "heavy-tailed, so the estimate and its standard error are unreliable (likely too low); "

@@ -46,13 +46,14 @@ import numpyro.distributions as dist
 from jax.extend.core import Literal
 
 from ppl_mech import cumulants
+from ppl_mech._bind import bind_eqn
 from ppl_mech._capture import LatentSite
 from ppl_mech._errors import UnsupportedDistributionError, UnsupportedPrimitiveError
 
-from ._elementwise import _affine_of, compose, is_elementwise, monotone_crossing
+from ._elementwise import _affine_of, compose, is_elementwise, monotone_chain, monotone_crossing
 from ._inputs import _full_covariance, _unwrap
 from ._interpreter import CALL_JAXPR_PARAMS, COMPARISONS, describe, inside_call
-from ._linear import LINEAR_PRIMITIVES, bind_eqn, bind_with, check_affine, variance_image
+from ._linear import LINEAR_PRIMITIVES, bind_with, check_affine, variance_image
 from ._predicates import predicate_only_vars, same_shape
 from ._program import mechanized_program
 from ._state import Handle
@@ -230,17 +231,13 @@ class CumulantInterpreter:
                     and tuple(aval.shape) == t.shape):
                 return t
             raise UnsupportedPrimitiveError(f"{where}: {name!r} of a detector: {COMBINED_DETECTOR_ERROR}")
-        shape = tuple(aval.shape)
-        elementwise_here = is_elementwise(eqn) and all(values[i].shape == shape for i in random)
-        branch_choice = name in COMPARISONS and eqn.outvars[0] in self.predicate_only and same_shape(eqn)
         if name in ("eq", "ne") and len(values) == 2 and values[0] is values[1]:
             # ``x != x`` is the NaN test (softplus, logaddexp): a message's values are never NaN
             return jnp.full(aval.shape, name == "eq")
-        if branch_choice:
-            bases = {id(self.base_of(values[i])) for i in random}
-            if len(bases) == 1:  # a branch choice inside an elementwise function (leaky ReLU)
-                base = self.base_of(values[random[0]])
-                return compose(eqn, values, {i: values[i] for i in random}, base, where)
+        if name in COMPARISONS and eqn.outvars[0] in self.predicate_only and same_shape(eqn):
+            chained = self.compose_on_one_base(eqn, values, random, where)  # a branch choice (leaky ReLU)
+            if chained is not None:
+                return chained
         if name in COMPARISONS:
             return self._threshold(eqn, values, random, where)
         if aval.dtype == jnp.bool_ or name in ("eq", "ne"):
@@ -253,11 +250,11 @@ class CumulantInterpreter:
                 f"{where}: {name!r} turns a random value into {aval.dtype}; the cumulant family "
                 "propagates real values only"
             )
-        if elementwise_here:
-            bases = {id(self.base_of(values[i])) for i in random}
-            if len(bases) == 1:
-                base = self.base_of(values[random[0]])
-                return compose(eqn, values, {i: values[i] for i in random}, base, where)
+        shape = tuple(aval.shape)
+        if is_elementwise(eqn) and all(values[i].shape == shape for i in random):
+            chained = self.compose_on_one_base(eqn, values, random, where)
+            if chained is not None:
+                return chained
         values = [self.force(x) if isinstance(x, Handle) else x for x in values]
         if name not in LINEAR_PRIMITIVES:
             raise UnsupportedPrimitiveError(
@@ -294,14 +291,13 @@ class CumulantInterpreter:
             )
         threshold = jnp.broadcast_to(jnp.asarray(values[1 - random[0]]), shape)
         upper = (COMPARISONS[name] > 0) == (random[0] == 0)  # y > t, or t < y
-        if (y.kind == "lazy" and y.data.get("monotone", 0) != 0 and y.data["structure"][0] != "affine"
-                and tuple(self.base_of(y).shape) == shape):
+        if monotone_chain(y, shape):
             # f(z) > t for a monotone chain f is a threshold of z itself: its tail, not f's
             base, direction = self.base_of(y), y.data["monotone"]
             marginal = cumulants.marginal_cumulants(self.message(base, through=2))
             mean = jnp.reshape(marginal[:, 0], shape)
-            sd = jnp.sqrt(jnp.maximum(jnp.reshape(marginal[:, 1], shape), 0.0)) + 1e-30
-            crossing = monotone_crossing(y.data["fn"], threshold.astype(mean.dtype), direction, mean, sd)
+            crossing = monotone_crossing(y.data["fn"], threshold.astype(mean.dtype), direction, mean,
+                                         jnp.reshape(marginal[:, 1], shape))
             self.note(f"{where}: a comparison of a monotone elementwise function, decided on its input "
                       "by inverting the threshold")
             return Threshold(base, crossing, upper == (direction > 0), shape)
@@ -346,6 +342,12 @@ class CumulantInterpreter:
 
         aval = eqn.outvars[0].aval
         return _affine(values[random[0]].data["node"], aval.shape, aval.dtype, fn, var_fn, where)
+
+    def compose_on_one_base(self, eqn, values, random, where) -> Handle | None:
+        """The lazy chain of an elementwise ``eqn`` whose random operands share one base, else None."""
+        if len({id(self.base_of(values[i])) for i in random}) != 1:
+            return None
+        return compose(eqn, values, {i: values[i] for i in random}, self.base_of(values[random[0]]), where)
 
     @staticmethod
     def base_of(h: Handle) -> Handle:

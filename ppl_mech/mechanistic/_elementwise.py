@@ -133,12 +133,19 @@ def _constant_sign(x) -> int:
     return -1 if np.all(x < 0) else 0
 
 
-def monotone_crossing(fn: Callable, threshold, direction: int, mean, sd, halvings: int = 64):
+def monotone_chain(h: Handle, shape) -> bool:
+    """Whether ``h`` is a non-affine lazy chain of known monotone direction, unit by unit on ``shape``."""
+    return (h.kind == "lazy" and h.data.get("monotone", 0) != 0 and h.data["structure"][0] != "affine"
+            and tuple(h.data["base"].shape) == tuple(h.shape) == tuple(shape))
+
+
+def monotone_crossing(fn: Callable, threshold, direction: int, mean, variance, halvings: int = 64):
     """Per unit, the ``c`` with ``f(z) > t  <=>  z > c`` (``direction`` +1) or ``z < c`` (-1).
 
     Bisection under ``jit`` over the base's ``mean +- 40 sd``; outside that bracket the
     event is certain or impossible to float precision (``c`` is then the bracket's end).
     """
+    sd = jnp.sqrt(jnp.maximum(variance, 0.0)) + 1e-30
     lo, hi = mean - 40.0 * sd, mean + 40.0 * sd
 
     def above(z):  # false below the crossing, true above it
@@ -165,6 +172,8 @@ def _monotone_step(eqn, values, positions, incoming) -> int:
         return 0
     m, pos, name = incoming[0], positions[0], eqn.primitive.name
     others = [v for i, v in enumerate(values) if i != pos]
+    if name == "convert_element_type" and not jnp.issubdtype(eqn.params["new_dtype"], jnp.floating):
+        return 0  # to bool (x != 0) is not monotone
     if name in INCREASING:
         return m
     if name in DECREASING:

@@ -20,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
+from ppl_mech._bind import bind_eqn
 from ppl_mech._errors import UnsupportedPrimitiveError
 
 from . import _categorical as categorical
 from . import _events as events
-from ._elementwise import compose, force, is_elementwise, monotone_crossing
-from ._linear import LINEAR_PRIMITIVES, affine_image, bind_eqn, bind_with, linear_rule
+from ._elementwise import compose, force, is_elementwise, monotone_chain, monotone_crossing
+from ._linear import LINEAR_PRIMITIVES, affine_image, bind_with, linear_rule
 from ._predicates import predicate_only_vars, same_shape
 from ._state import Handle, State, variance_of
 from ._thresholds import ReluPreimage, flat_affine, relu_preimage, threshold_margin
@@ -220,11 +221,9 @@ class Interpreter:
             # ``x != x`` is the NaN test (softplus, logaddexp): a message's values are never NaN
             return [jnp.full(out_aval.shape, name == "eq")]
         if name in COMPARISONS and eqn.outvars[0] in self.predicate_only and same_shape(eqn):
-            bases = {id(self.base_of(values[i])) for i in random}
-            if len(bases) == 1:  # a branch choice inside an elementwise function (leaky ReLU)
-                base = self.base_of(values[random[0]])
-                self.hold(base)
-                return [compose(eqn, values, {i: values[i] for i in random}, base, where)]
+            chained = self.compose_on_one_base(eqn, values, random, where)  # a branch choice (leaky ReLU)
+            if chained is not None:
+                return [chained]
         if name in COMPARISONS or name in ("eq", "ne"):
             return [self.compare(eqn, values, random, where)]
         if name == "argmax":
@@ -238,12 +237,9 @@ class Interpreter:
             values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
             kinds = {values[i].kind for i in random}
         if is_elementwise(eqn):
-            bases = {id(self.base_of(values[i])) for i in random}
-            if len(bases) == 1:
-                base = self.base_of(values[random[0]])
-                new = compose(eqn, values, {i: values[i] for i in random}, base, where)
-                self.hold(base)
-                return [new]
+            chained = self.compose_on_one_base(eqn, values, random, where)
+            if chained is not None:
+                return [chained]
         values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
         if name == "mul" and len(random) == 2:
             return [self.product(values[random[0]], values[random[1]], where)]
@@ -277,6 +273,15 @@ class Interpreter:
             self.state.note(f"detector on categorical site {x.data['site']!r}: independence presumption")
         zero = jnp.zeros(x.shape, jnp.bool_)
         return Handle(x.shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
+
+    def compose_on_one_base(self, eqn, values, random, where) -> Handle | None:
+        """The lazy chain of an elementwise ``eqn`` whose random operands share one base, else None."""
+        if len({id(self.base_of(values[i])) for i in random}) != 1:
+            return None
+        base = self.base_of(values[random[0]])
+        new = compose(eqn, values, {i: values[i] for i in random}, base, where)
+        self.hold(base)
+        return new
 
     def base_of(self, h: Handle) -> Handle:
         return h.data["base"] if h.kind == "lazy" else h
@@ -370,10 +375,9 @@ class Interpreter:
         shape = eqn.outvars[0].aval.shape
         base, fn, direction = h.data["base"], h.data["fn"], h.data["monotone"]
         base = self.moments(base, where)
-        dtype = base.data["mean"].dtype
-        sd = jnp.sqrt(jnp.maximum(variance_of(self.state, base), 0.0)) + 1e-30
-        threshold = jnp.broadcast_to(jnp.asarray(values[1 - position], dtype), shape)
-        crossing = monotone_crossing(fn, threshold, direction, base.data["mean"], sd)
+        threshold = jnp.broadcast_to(jnp.asarray(values[1 - position], base.data["mean"].dtype), shape)
+        crossing = monotone_crossing(fn, threshold, direction, base.data["mean"],
+                                     variance_of(self.state, base))
         # f(z) > t  <=>  z > crossing (direction > 0) or z < crossing (direction < 0), per unit
         sign = COMPARISONS[name] * (1 if position == 0 else -1) * direction
         m = affine_image(self.state, lambda z: z - crossing, [base], where, lambda v: v)
@@ -445,10 +449,8 @@ class Interpreter:
             pre = self.preimage_of(values[random[0]])
             if pre is not None:
                 return self.compare_preimage(eqn, values, random[0], pre, where)
-            h = values[random[0]]
-            if (h.kind == "lazy" and h.data.get("monotone", 0) != 0 and h.data["structure"][0] != "affine"
-                    and h.data["base"].shape == h.shape == tuple(eqn.outvars[0].aval.shape)):
-                return self.compare_monotone(eqn, values, random[0], h, where)
+            if monotone_chain(values[random[0]], shape):
+                return self.compare_monotone(eqn, values, random[0], values[random[0]], where)
         m, sign = self.margin(eqn, values, random, where)
         return self.margin_event(m, sign, shape, where, independent=len(random) > 1)
 
@@ -547,7 +549,8 @@ class Interpreter:
             raise UnsupportedPrimitiveError(
                 f"{where}: {name!r} mixes a detector event with a random real value (e.g. "
                 "jnp.where(event, x, y) where the event is also reported or combined): the gaussian "
-                "family has no rule for it; estimate this model with family='diagonal' or a sampler"
+                "family has no rule for it (nor do the others: a random predicate makes a mixture); "
+                "estimate this model with handlers.sample or handlers.importance"
             )
         arrays = [x.data["events"] if isinstance(x, Handle) and x.kind == "events"
                   else events.constant_events(x) for x in values]
