@@ -259,7 +259,9 @@ class CumulantInterpreter:
         if name not in LINEAR_PRIMITIVES:
             raise UnsupportedPrimitiveError(
                 f"{where}: no cumulant-family rule for {name!r} with random operands (it is "
-                "neither affine nor an elementwise function of one random value)"
+                "neither affine nor an elementwise function of one random value); family='gaussian' "
+                "or 'diagonal' estimates such blocks (softmax, layer norm, sort) by statistical "
+                "linearization"
             )
         check_affine(eqn, random, where)
         if len({id(values[i].data["node"]) for i in random}) > 1:

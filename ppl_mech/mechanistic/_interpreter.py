@@ -13,6 +13,7 @@ are still needed.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import jax
@@ -24,8 +25,9 @@ from ppl_mech._bind import bind_eqn
 from ppl_mech._errors import UnsupportedPrimitiveError
 
 from . import _categorical as categorical
+from . import _deferred as deferred
 from . import _events as events
-from ._elementwise import compose, force, is_elementwise, monotone_chain, monotone_crossing
+from ._elementwise import ELEMENTWISE, compose, force, is_elementwise, monotone_chain, monotone_crossing
 from ._linear import LINEAR_PRIMITIVES, affine_image, bind_with, linear_rule
 from ._predicates import predicate_only_vars, same_shape
 from ._state import Handle, State, variance_of
@@ -90,6 +92,7 @@ class Interpreter:
         self.margins: dict[int, Handle] = {}
         self.key = key
         self.num_samples = num_samples
+        self.linearizations = 0
 
     # --- reference counting -------------------------------------------------------------
     # A handle's count is the number of variable bindings that a later equation (or a
@@ -107,7 +110,7 @@ class Interpreter:
             self.drop(value)
 
     def drop(self, value: Handle) -> None:
-        if value.kind == "lazy" and value.id in self.keep:
+        if value.kind in ("lazy", "deferred") and value.id in self.keep:
             return  # a reported output: forced (and its base released) when reported
         if value.kind == "lazy":
             value.kind = "dropped-lazy"
@@ -117,6 +120,12 @@ class Interpreter:
             self.release(value.data["source"])
         elif value.kind == "moments" and "preimage" in value.data:
             self.release(value.data.pop("preimage").base)
+        elif value.kind == "deferred":
+            value.kind = "dropped-deferred"
+            for root in value.data["roots"]:
+                self.release(root)
+        if value.kind == "moments" and "provenance" in value.data:
+            self.release_provenance(value.data.pop("provenance"))
         if value.id in self.margins:
             return
         if value.id in self.keep:
@@ -152,7 +161,7 @@ class Interpreter:
             if last_use.get(var, -1) > index:
                 self.hold(value)
             elif self.refs.get(value.id, 0) <= 0:
-                if value.kind == "lazy" and top_level and var in outvars:
+                if value.kind in ("lazy", "deferred") and top_level and var in outvars:
                     return  # forced when reported
                 self.drop(value)
 
@@ -206,6 +215,17 @@ class Interpreter:
         out_aval = eqn.outvars[0].aval
         is_bool = out_aval.dtype == jnp.bool_
 
+        if "deferred" in kinds:
+            if self.joins_deferred(eqn, values, random, kinds):
+                return self.defer(eqn, values, random, where, note=False)
+            values = [self.moments(x, where) if isinstance(x, Handle) and x.kind == "deferred" else x
+                      for x in values]
+            kinds = {values[i].kind for i in random}
+        if self.has_no_rule(eqn, values, random) and self.deferrable(values, random):
+            return self.defer(eqn, values, random, where)
+        shadow = self.provenance_of(eqn, values, random, where)
+        original = list(values)
+
         if "categorical" in kinds:
             if kinds == {"categorical"} and categorical.is_exact_op(eqn, values, random):
                 return [categorical.apply(eqn, values, random, where)]
@@ -244,13 +264,97 @@ class Interpreter:
         if name == "mul" and len(random) == 2:
             return [self.product(values[random[0]], values[random[1]], where)]
         if name in LINEAR_PRIMITIVES:
-            out = linear_rule(self.state, eqn, values, random, where)
+            try:
+                out = linear_rule(self.state, eqn, values, random, where)
+            except UnsupportedPrimitiveError:
+                self.release_provenance(shadow)
+                if not self.deferrable(original, random):
+                    raise
+                return self.defer(eqn, original, random, where)  # e.g. a division by a random value
             self.carry_preimage(eqn, values, random, out)
+            if shadow is not None:
+                out.data["provenance"] = shadow
             return [out]
+        self.release_provenance(shadow)
+        if self.deferrable(original, random):
+            return self.defer(eqn, original, random, where)
         raise UnsupportedPrimitiveError(
             f"{where}: no propagation rule for {name!r} with random operands "
             f"(family {self.state.family!r})"
         )
+
+    # --- deferred blocks (see _deferred) -------------------------------------------------
+    def deferrable(self, values, random) -> bool:
+        kinds = {values[i].kind for i in random}
+        return kinds <= {"moments", "lazy", "deferred"} and \
+            deferred.root_size(values, random) <= deferred.MAX_ROOT_SIZE
+
+    def has_no_rule(self, eqn, values, random) -> bool:
+        """``eqn`` has no Gaussian rule whatever its operands' messages (decided before forcing them)."""
+        name = eqn.primitive.name
+        if eqn.outvars[0].aval.dtype == jnp.bool_ or name in CALL_JAXPR_PARAMS:
+            return False
+        if name in ELEMENTWISE:  # (operands of different shapes broadcast implicitly)
+            bases = {id(deferred.root_part(values[i])[0][0]) if values[i].kind == "lazy" else id(values[i])
+                     for i in random}
+            return name in deferred.NONLINEAR_BINARY and len(bases) > 1
+        return name not in LINEAR_PRIMITIVES and name not in COMPARISONS and \
+            name not in ("eq", "ne", "argmax")
+
+    def provenance_of(self, eqn, values, random, where) -> dict | None:
+        """For a small linear reduction of an elementwise chain: its exact function of the roots."""
+        if eqn.primitive.name not in LINEAR_PRIMITIVES or eqn.primitive.name in deferred.UNIT_MIXING or \
+                self.state.family == "mean" or \
+                eqn.outvars[0].aval.dtype == jnp.bool_ or len(eqn.outvars) != 1:
+            return None
+        if math.prod(eqn.outvars[0].aval.shape) > deferred.PROVENANCE_MAX_SIZE:
+            return None
+        if not any((values[i].kind == "lazy" and values[i].data["structure"][0] != "affine")
+                   or "provenance" in values[i].data for i in random):
+            return None  # affine chains of Gaussian values are Gaussian: their closure is exact
+        if not self.deferrable(values, random):
+            return None
+        shadow = deferred.defer(eqn, values, random, where)[0]
+        for root in shadow.data["roots"]:
+            self.hold(root)
+        return {"roots": shadow.data["roots"], "fn": shadow.data["fn"]}
+
+    def release_provenance(self, provenance: dict | None) -> None:
+        if provenance is not None:
+            for root in provenance["roots"]:
+                self.release(root)
+
+    def joins_deferred(self, eqn, values, random, kinds) -> bool:
+        """Whether ``eqn`` (with a deferred operand) composes into the deferred block."""
+        name = eqn.primitive.name
+        if (name in deferred.UNIT_MIXING and len(random) == 1) or name in CALL_JAXPR_PARAMS:
+            return False  # a matmul with constant weights: the Gaussian closure's own ground
+        if (name in COMPARISONS or name in ("eq", "ne")) and eqn.outvars[0] not in self.predicate_only:
+            return False
+        return self.deferrable(values, random)
+
+    def defer(self, eqn, values, random, where, *, note: bool = True) -> list[Handle]:
+        outs = deferred.defer(eqn, values, random, where)
+        if note:
+            self.state.note(deferred.DEFER_NOTE.format(where=where, name=eqn.primitive.name,
+                                                       points=deferred.LINEARIZATION_POINTS))
+        for out in outs:
+            for root in out.data["roots"]:
+                self.hold(root)
+        return outs
+
+    def force_deferred(self, h: Handle, where: str) -> Handle:
+        roots = h.data["roots"]
+        for root in roots:
+            if root.kind == "lazy":
+                raise AssertionError("deferred roots are never lazy")  # root_part takes lazy bases
+        key = jax.random.fold_in(self.key, 1_000_000 + self.linearizations)
+        self.linearizations += 1
+        new = deferred.linearize(self.state, h, key)
+        self.state.become(h, new)
+        for root in roots:
+            self.release(root)
+        return h
 
     def leave_categorical(self, x, where: str, independent: bool = False):
         """A categorical operand of an op that mixes tokens: exact moments, or a two-point law.
@@ -301,6 +405,8 @@ class Interpreter:
             return h
         if h.kind == "moments":
             return h
+        if h.kind == "deferred":
+            return self.force_deferred(h, where)
         if h.kind == "categorical":
             return self.leave_categorical(h, where)
         if h.kind == "two_point":
@@ -641,7 +747,7 @@ class Interpreter:
         if not isinstance(value, Handle):
             v = jnp.asarray(value)
             return {"value": v.astype(float) if v.dtype == jnp.bool_ else v, "stderr": jnp.zeros(v.shape)}
-        if value.kind == "lazy":
+        if value.kind in ("lazy", "deferred"):
             self.moments(value, where)
         if value.kind == "categorical":
             mean = categorical.expectation(value)

@@ -1,0 +1,106 @@
+"""Blocks without a per-primitive rule (softmax, logsumexp, layer norm, sort) are deferred and
+statistically linearized over their Gaussian inputs; see ``ppl_mech.mechanistic._deferred``."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+from ppl_mech import handlers
+from ppl_mech.mechanistic._deferred import LINEARIZATION_POINTS
+
+W = jnp.asarray(np.random.default_rng(0).standard_normal((8, 6)) * 0.6, jnp.float32)
+V = jnp.asarray(np.random.default_rng(1).standard_normal((6, 3)), jnp.float32)
+W_WIDE = jnp.asarray(np.random.default_rng(2).standard_normal((8, 64)) / np.sqrt(8), jnp.float32)
+
+
+def blocks_model():
+    x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([8]).to_event(1))
+    logits = x @ W
+    p = numpyro.deterministic("softmax", jax.nn.softmax(logits))
+    numpyro.deterministic("logsumexp", jax.nn.logsumexp(logits))
+    numpyro.deterministic("log_softmax", jax.nn.log_softmax(logits)[:2])
+    numpyro.deterministic("sorted", jnp.sort(logits)[-2:])
+    # the block's output mixed back with the block's own input: cross-covariances matter
+    numpyro.deterministic("downstream", jnp.tanh(p @ V) + logits[:3])
+    h = x @ W_WIDE
+    normed = (h - h.mean()) / jnp.sqrt(h.var() + 1e-5)
+    numpyro.deterministic("layer_norm", jnp.maximum(normed, 0.0)[:4])
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return handlers.sample(blocks_model, num_samples=2**18, rng_key=jax.random.PRNGKey(0))()
+
+
+@pytest.mark.parametrize("site", ["softmax", "logsumexp", "log_softmax", "sorted", "downstream", "layer_norm"])
+def test_gaussian_family_matches_sampling_on_blocks_without_rules(reference, site):
+    """The logits are exactly Gaussian, so only the linearization's Monte Carlo error remains."""
+    r = handlers.mechanize(blocks_model, family="gaussian", sites=[site])()[site]
+    s = reference[site]
+    sd = np.sqrt(np.asarray(s.diagnostics["variance"]))
+    tolerance = 5 * sd / np.sqrt(LINEARIZATION_POINTS) + 5 * np.asarray(s.stderr) + 1e-3
+    np.testing.assert_array_less(np.abs(np.asarray(r.value) - np.asarray(s.value)), tolerance)
+    # the variance too (the block's own covariance, then the covariance after mixing)
+    np.testing.assert_allclose(np.asarray(r.diagnostics["variance"]), sd**2, rtol=0.1, atol=1e-4)
+    assert any("statistical linearization" in note for note in r.notes)
+
+
+def test_the_note_names_where_the_block_starts():
+    r = handlers.mechanize(blocks_model, family="gaussian", sites=["softmax"])()["softmax"]
+    assert any("'reduce_max' at" in note and "test_deferred_blocks" in note for note in r.notes)
+    assert float(r.diagnostics["linearization_nonfinite_share"]) == 0.0
+
+
+def test_diagonal_and_mean_families_defer_too(reference):
+    diagonal = handlers.mechanize(blocks_model, family="diagonal", sites=["logsumexp"])()["logsumexp"]
+    mean = handlers.mechanize(blocks_model, family="mean", sites=["logsumexp"])()["logsumexp"]
+    # diagonal: the logits' covariance is dropped (independence presumption), still near
+    assert abs(float(diagonal.value) - float(reference["logsumexp"].value)) < 0.15
+    # mean family: the block at the mean logits, log(6)
+    assert float(mean.value) == pytest.approx(np.log(6.0), rel=1e-5)
+
+
+def test_a_narrow_layer_norm_keeps_its_numerator_and_denominator_dependent():
+    """The variance is read from its own roots (its provenance), not from its Gaussian closure.
+
+    With 3 units the closure of ``var(x)`` is far from Gaussian and would go negative under the
+    square root; rooted at ``x`` the block is exact up to Monte Carlo error.
+    """
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        numpyro.deterministic("y", jnp.abs((x[0] - x.mean()) / jnp.sqrt(x.var())))
+
+    r = handlers.mechanize(model, family="gaussian")()["y"]
+    s = handlers.sample(model, num_samples=2**18, rng_key=jax.random.PRNGKey(3))()["y"]
+    assert float(r.value) == pytest.approx(float(s.value), abs=0.03)
+    assert float(r.diagnostics["linearization_nonfinite_share"]) == 0.0
+
+
+def test_points_outside_the_blocks_domain_are_dropped_and_counted():
+    """``sqrt(max(x))`` is NaN where the max is negative (1/8 of the points for 3 units)."""
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        numpyro.deterministic("y", jnp.sqrt(jnp.max(x)))
+
+    r = handlers.mechanize(model, family="gaussian")()["y"]
+    assert np.isfinite(float(r.value))
+    assert float(r.diagnostics["linearization_nonfinite_share"]) == pytest.approx(1 / 8, abs=0.02)
+
+
+def test_a_comparison_on_a_deferred_value_is_moment_matched():
+    """``softmax(logits)[0] > 0.5``: the detector sees the block's Gaussian closure (a note says so)."""
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([8]).to_event(1))
+        numpyro.deterministic("catastrophe", jax.nn.softmax(x @ W)[0] > 0.5)
+
+    r = handlers.mechanize(model, family="gaussian")()["catastrophe"]
+    s = handlers.sample(model, num_samples=2**16, rng_key=jax.random.PRNGKey(1))()["catastrophe"]
+    assert 0.0 < float(r.value) < 1.0
+    assert abs(float(r.value) - float(s.value)) < 0.1  # a closure, not an exact tail
+    assert any("statistical linearization" in note for note in r.notes)
