@@ -19,6 +19,8 @@ Registered models (``ppl-mech models`` lists them with their options):
 * ``trained-mlp``: a small MLP trained with optax on a synthetic regression.
 * ``kcnf``: random k-CNF satisfied by uniform random bits (exact by enumeration).
 * ``linear-gaussian``: a linear map of a Gaussian (every site exact).
+* ``tiny-transformer``: one pre-LN transformer block (softmax attention, layer
+  norms) on Gaussian token embeddings.
 """
 
 from ._registry import MODELS as MODELS
@@ -37,6 +39,7 @@ from .halfspaces import halfspaces_model as halfspaces_model  # isort: skip
 from .trained_mlp import trained_mlp_model as trained_mlp_model  # isort: skip
 from .kcnf import kcnf_model as kcnf_model  # isort: skip
 from .linear_gaussian import linear_gaussian_model as linear_gaussian_model  # isort: skip
+from .tiny_transformer import tiny_transformer_model as tiny_transformer_model  # isort: skip
 
 __all__ = [
     "MODELS",
@@ -50,6 +53,7 @@ __all__ = [
     "linear_gaussian_model",
     "list_models",
     "register",
+    "tiny_transformer_model",
     "trained_mlp_model",
     "whestbench_model",
     "whestbench_weights",

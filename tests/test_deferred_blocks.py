@@ -104,3 +104,24 @@ def test_a_comparison_on_a_deferred_value_is_moment_matched():
     assert 0.0 < float(r.value) < 1.0
     assert abs(float(r.value) - float(s.value)) < 0.1  # a closure, not an exact tail
     assert any("statistical linearization" in note for note in r.notes)
+
+
+def test_the_built_in_transformer_block_under_the_gaussian_family():
+    """Softmax attention, three layer norms, q k^T and gelu: moments within a few percent of sampling.
+
+    The tail of the detector is another matter (a layer norm bounds the logits; the Gaussian
+    closure's tail is far heavier), which the README reports; here only the moments are checked.
+    """
+    from ppl_mech import models
+
+    built = models.get_model("tiny-transformer", tokens=3, dim=8, vocab=5)
+    r = handlers.mechanize(built.model, family="gaussian", sites=["logits", "attention"])(
+        *built.args, **built.kwargs)
+    s = handlers.sample(built.model, num_samples=2**17, rng_key=jax.random.PRNGKey(4),
+                        sites=["logits", "attention"])(*built.args, **built.kwargs)
+    for site in ("logits", "attention"):
+        sd = np.sqrt(np.asarray(s[site].diagnostics["variance"]))
+        error = np.abs(np.asarray(r[site].value) - np.asarray(s[site].value))
+        np.testing.assert_array_less(error, 0.05 * sd + 5 * np.asarray(s[site].stderr))
+        np.testing.assert_allclose(np.asarray(r[site].diagnostics["variance"]), sd**2, rtol=0.15)
+    assert float(np.sum(r["attention"].value)) == pytest.approx(1.0, abs=1e-5)

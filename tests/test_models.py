@@ -21,7 +21,7 @@ from ppl_mech import handlers, models
 
 ALL_NAMES = {
     "whestbench", "whestbench-256x8", "whestbench-256x32", "whestbench-1024x16",
-    "arc-mlp", "halfspaces", "trained-mlp", "kcnf", "linear-gaussian",
+    "arc-mlp", "halfspaces", "trained-mlp", "kcnf", "linear-gaussian", "tiny-transformer",
 }
 
 
@@ -98,6 +98,8 @@ CASES = [
         "y": (3,), "score": (), "catastrophe": (), "both": ()}),
     ("linear-gaussian", dict(dim=3, out_dim=2, diagonal=True, sigmas=1.0, second_sigmas=0.5,
                              seed=4), {"y": (2,), "score": (), "catastrophe": (), "both": ()}),
+    ("tiny-transformer", dict(tokens=3, dim=8, vocab=5), {
+        "attention": (3,), "logits": (5,), "catastrophe": ()}),
 ]
 
 
