@@ -35,7 +35,10 @@ def reference():
     return handlers.sample(blocks_model, num_samples=2**18, rng_key=jax.random.PRNGKey(0))()
 
 
-@pytest.mark.parametrize("site", ["softmax", "logsumexp", "log_softmax", "sorted", "downstream", "layer_norm"])
+BLOCK_SITES = ["softmax", "logsumexp", "log_softmax", "sorted", "downstream", "layer_norm"]
+
+
+@pytest.mark.parametrize("site", BLOCK_SITES)
 def test_gaussian_family_matches_sampling_on_blocks_without_rules(reference, site):
     """The logits are exactly Gaussian, so only the linearization's Monte Carlo error remains."""
     r = handlers.mechanize(blocks_model, family="gaussian", sites=[site])()[site]
