@@ -31,7 +31,8 @@ Carlo points): draw ``M`` points of the roots from their joint Gaussian
 message (exactly whitened, so the points' covariance is the message's), push
 them through the block, and keep the block's mean and covariance and the
 regression ``B`` of the block on the whitened roots. Cross-covariances with
-every other live value follow as ``B L^+ Cov(roots, u)``, exact for jointly
+every other live value follow as ``B L^-1 Cov(roots, u)`` (``L`` the Cholesky factor of the
+roots' covariance, with a relative jitter of 1e-5), exact for jointly
 Gaussian values (a Gaussian ``u`` given the roots is linear in them plus
 independent noise). The moments carry Monte Carlo error of order
 ``1/sqrt(M)``; each forcing adds a note naming the block's first equation.
@@ -51,6 +52,7 @@ from ppl_mech._errors import UnsupportedPrimitiveError
 from ._state import Handle, State
 
 LINEARIZATION_POINTS = 4096  # Monte Carlo points per forcing (at least 4 per root unit)
+JITTER = 1e-5  # relative, on the roots' covariance before its Cholesky factor
 MAX_ROOT_SIZE = 4096  # root units a block may read; beyond it the block is forced first
 UNIT_MIXING = {"dot_general", "conv_general_dilated"}
 # elementwise ops of random values from different sources that have no Gaussian rule
@@ -128,16 +130,16 @@ def linearize(state: State, h: Handle, key) -> Handle:
     if state.family == "gaussian":
         cov = jnp.concatenate(
             [jnp.concatenate([state.get_cov(a, b) for b in roots], axis=1) for a in roots], axis=0)
+        cov = 0.5 * (cov + cov.T)
+        # a relative jitter keeps the Cholesky factor (and its gradient) defined when the roots
+        # are linearly dependent (two affine images of one input); it adds a variance of
+        # JITTER times the mean root variance
+        jitter = JITTER * jnp.maximum(jnp.mean(jnp.diagonal(cov)), jnp.finfo(dtype).tiny)
+        scale = jnp.linalg.cholesky(cov + jitter * jnp.eye(n, dtype=dtype))  # roots = mean + scale z
     elif state.family == "diagonal":
-        cov = jnp.diag(jnp.concatenate([jnp.reshape(r.data["var"], (-1,)) for r in roots]))
+        scale = jnp.diag(jnp.sqrt(jnp.concatenate([jnp.reshape(r.data["var"], (-1,)) for r in roots])))
     else:  # mean family: the roots are points
-        cov = jnp.zeros((n, n), dtype)
-    cov = 0.5 * (cov + cov.T)
-    eigval, eigvec = jnp.linalg.eigh(cov)
-    tol = jnp.max(jnp.abs(eigval)) * n * jnp.finfo(dtype).eps
-    positive = eigval > tol
-    sqrt_val = jnp.where(positive, jnp.sqrt(jnp.where(positive, eigval, 1.0)), 0.0)
-    scale = eigvec * sqrt_val[None, :]  # roots = mean + scale z, z ~ N(0, I)
+        scale = jnp.zeros((n, n), dtype)
     points = max(LINEARIZATION_POINTS, 4 * n) if state.family != "mean" else 1
     if points == 1:
         z = jnp.zeros((1, n), dtype)
@@ -165,10 +167,9 @@ def linearize(state: State, h: Handle, key) -> Handle:
     centred = jnp.where(finite[:, None], y - y_mean, 0.0)
     new = Handle(h.shape, dtype, "moments", {"mean": jnp.reshape(y_mean, h.shape)}, h.origin)
     if state.family == "gaussian":
-        regression = (centred * weight[:, None]).T @ z  # Cov(block, z), z exactly whitened
-        # Cov(z, u) = L^+ Cov(roots, u), L^+ = diag(1/sqrt(lambda)) V^T on the positive part
-        inv_sqrt = jnp.where(positive, 1.0 / jnp.where(positive, sqrt_val, 1.0), 0.0)
-        to_roots = (regression * inv_sqrt[None, :]) @ eigvec.T  # B L^+
+        regression = (centred * weight[:, None]).T @ z  # B = Cov(block, z), z exactly whitened
+        # Cov(z, u) = L^-1 Cov(roots, u), so Cov(block, u) = B L^-1 Cov(roots, u)
+        to_roots = jax.scipy.linalg.solve_triangular(scale, regression.T, lower=True, trans="T").T
         for u in list(state.active.values()):
             block = jnp.concatenate([state.get_cov(root, u) for root in roots], axis=0)
             state.set_cov(new, u, to_roots @ block)
