@@ -139,6 +139,12 @@ def monotone_chain(h: Handle, shape) -> bool:
             and tuple(h.data["base"].shape) == tuple(h.shape) == tuple(shape))
 
 
+def level_set_chain(h: Handle, shape) -> bool:
+    """Whether ``h`` is a non-affine lazy chain of one base, unit by unit on ``shape`` (any ``f``)."""
+    return (h.kind == "lazy" and h.data["structure"][0] != "affine"
+            and tuple(h.data["base"].shape) == tuple(h.shape) == tuple(shape))
+
+
 def monotone_crossing(fn: Callable, threshold, direction: int, mean, variance, halvings: int = 64):
     """Per unit, the ``c`` with ``f(z) > t  <=>  z > c`` (``direction`` +1) or ``z < c`` (-1).
 

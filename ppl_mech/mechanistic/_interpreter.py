@@ -27,7 +27,17 @@ from ppl_mech._errors import UnsupportedPrimitiveError
 from . import _categorical as categorical
 from . import _deferred as deferred
 from . import _events as events
-from ._elementwise import ELEMENTWISE, compose, force, is_elementwise, monotone_chain, monotone_crossing
+from ._elementwise import (
+    ELEMENTWISE,
+    compose,
+    force,
+    is_elementwise,
+    level_set_chain,
+    monotone_chain,
+    monotone_crossing,
+)
+from ._level_sets import SLOTS as LEVEL_SET_SLOTS
+from ._level_sets import interval_probability, level_set_intervals
 from ._linear import LINEAR_PRIMITIVES, affine_image, bind_with, linear_rule
 from ._predicates import predicate_only_vars, same_shape
 from ._state import Handle, State, variance_of
@@ -491,6 +501,38 @@ class Interpreter:
                         "Gaussian input by inverting the threshold")
         return self.margin_event(m, sign, shape, where)
 
+    def compare_level_set(self, eqn, values, position: int, h: Handle, where: str) -> Handle:
+        """``f(z) > t`` for a non-monotone elementwise chain: a union of intervals of the Gaussian ``z``."""
+        name = eqn.primitive.name
+        shape = eqn.outvars[0].aval.shape
+        fn = h.data["fn"]
+        base = self.moments(h.data["base"], where)
+        mean, var = base.data["mean"], variance_of(self.state, base)
+        threshold = jnp.broadcast_to(jnp.asarray(values[1 - position], mean.dtype), shape)
+        sign = COMPARISONS[name] * (1 if position == 0 else -1)
+        lower, upper, dropped = level_set_intervals(fn, threshold, sign, mean, var)
+        self.state.record("level_set_dropped_intervals", dropped)
+        self.state.note(f"{where}: a comparison of a non-monotone elementwise function, decided on its "
+                        f"Gaussian input as up to {LEVEL_SET_SLOTS} intervals per unit "
+                        "(diagnostics['level_set_dropped_intervals'] counts any beyond)")
+        family = self.state.family
+        if family == "gaussian":
+            union = None
+            for k in range(LEVEL_SET_SLOTS):
+                above = affine_image(self.state, lambda z, c=lower[k]: z - c, [base], where, lambda v: v)
+                below = affine_image(self.state, lambda z, c=upper[k]: z - c, [base], where, lambda v: v)
+                lower_event = self.margin_event(above, 1, shape, where).data["events"]
+                upper_event = self.margin_event(below, -1, shape, where).data["events"]
+                inside = events.elementwise(events.dnf_and, lower_event, upper_event, where)
+                union = inside if union is None else events.elementwise(events.dnf_or, union, inside, where)
+            return Handle(shape, jnp.bool_, "events", {"events": union}, where)
+        if family == "mean":
+            p = (sign * (fn(mean) - threshold) > 0).astype(mean.dtype)
+        else:
+            p = interval_probability(lower, upper, mean, var)
+        zero = jnp.zeros(shape, jnp.bool_)
+        return Handle(shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
+
     # --- rules --------------------------------------------------------------------------
     def product(self, a: Handle, b: Handle, where: str) -> Handle:
         """Elementwise product of two random values: exact mean; Isserlis for covariances."""
@@ -557,6 +599,8 @@ class Interpreter:
                 return self.compare_preimage(eqn, values, random[0], pre, where)
             if monotone_chain(values[random[0]], shape):
                 return self.compare_monotone(eqn, values, random[0], values[random[0]], where)
+            if level_set_chain(values[random[0]], shape):
+                return self.compare_level_set(eqn, values, random[0], values[random[0]], where)
         m, sign = self.margin(eqn, values, random, where)
         return self.margin_event(m, sign, shape, where, independent=len(random) > 1)
 

@@ -1,0 +1,91 @@
+"""Thresholds of non-monotone elementwise chains (``abs(y) > t``, ``y**2 > t``, bands, ``cos``)
+are unions of intervals of the chain's Gaussian input; see ``ppl_mech.mechanistic._level_sets``."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from scipy import stats
+
+from ppl_mech import handlers
+
+SD = np.sqrt(1.25)  # y = x0 + 0.5 x1 + 0.3
+MEAN = 0.3
+
+
+def model(t):
+    x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    y = x[0] + 0.5 * x[1] + 0.3
+    numpyro.deterministic("abs", jnp.abs(y) > t)
+    numpyro.deterministic("square", y**2 > t**2)
+    numpyro.deterministic("band", jnp.exp(-((y - 1.0) ** 2)) > 0.5)
+    numpyro.deterministic("abs_and", (jnp.abs(y) > 3.0) & (x[2] > 1.0))
+    numpyro.deterministic("abs_and_positive", (jnp.abs(y) > 3.0) & (y > 0.0))
+    numpyro.deterministic("cos", jnp.cos(3.0 * y) > 0.9)
+
+
+def normal_mass(inside, lo=-15.0, hi=15.0, n=2_000_001):
+    y = np.linspace(MEAN + lo * SD, MEAN + hi * SD, n)
+    return float(np.sum(stats.norm.pdf(y, MEAN, SD) * inside(y)) * (y[1] - y[0]))
+
+
+EXACT = {
+    # ~1e-5: a rare two-sided tail
+    "abs": stats.norm.sf(5.0, MEAN, SD) + stats.norm.cdf(-5.0, MEAN, SD),
+    "band": np.diff(stats.norm.cdf(1 + np.sqrt(np.log(2)) * np.array([-1, 1]), MEAN, SD))[0],
+    "abs_and": (stats.norm.sf(3.0, MEAN, SD) + stats.norm.cdf(-3.0, MEAN, SD)) * stats.norm.sf(1.0),
+    "abs_and_positive": stats.norm.sf(3.0, MEAN, SD),
+}
+EXACT["square"] = EXACT["abs"]
+
+
+@pytest.fixture(scope="module", params=["gaussian", "diagonal"])
+def estimates(request):
+    # the threshold is a traced argument: the intervals are found under jit
+    estimate = handlers.mechanize(model, family=request.param)
+    run = jax.jit(lambda t: {k: v.value for k, v in estimate(t).items()})
+    return request.param, run(5.0)
+
+
+@pytest.mark.parametrize("site", ["abs", "square", "band", "abs_and", "abs_and_positive"])
+def test_two_sided_thresholds_and_bands_are_exact(estimates, site):
+    family, values = estimates
+    if family == "diagonal" and site == "abs_and_positive":
+        pytest.skip("two events on one unit: the independence presumption does not apply")
+    assert float(values[site]) == pytest.approx(EXACT[site], rel=1e-3)
+
+
+def test_many_intervals_keep_the_most_probable_ones(estimates):
+    _, values = estimates
+    exact = normal_mass(lambda y: np.cos(3 * y) > 0.9)
+    assert float(values["cos"]) == pytest.approx(exact, rel=0.01)
+
+
+def test_dropped_intervals_are_counted_and_noted():
+    r = handlers.mechanize(model, family="gaussian", sites=["cos"])(5.0)["cos"]
+    assert int(r.diagnostics["level_set_dropped_intervals"]) > 0
+    assert any("non-monotone elementwise function" in note for note in r.notes)
+
+    def two_sided():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("abs", jnp.abs(x) > 2.0)
+
+    r = handlers.mechanize(two_sided, family="gaussian")()["abs"]
+    assert int(r.diagnostics["level_set_dropped_intervals"]) == 0
+
+
+def test_an_abs_detector_on_a_relu_network_is_the_union_of_its_two_tails():
+    """``|y - c| > t`` equals ``(y > c + t) | (y < c - t)`` in the same family (both on the closure of y)."""
+    w1 = jnp.asarray(np.random.default_rng(0).standard_normal((6, 6)) / np.sqrt(6), jnp.float32)
+    w2 = jnp.asarray(np.random.default_rng(1).standard_normal((6,)) / np.sqrt(6), jnp.float32)
+
+    def net():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([6]).to_event(1))
+        y = jnp.maximum(x @ w1, 0.0) @ w2
+        numpyro.deterministic("catastrophe", jnp.abs(y - 0.2) > 1.2)
+        numpyro.deterministic("tails", (y > 1.4) | (y < -1.0))
+
+    r = handlers.mechanize(net, family="gaussian")()
+    assert float(r["catastrophe"].value) == pytest.approx(float(r["tails"].value), rel=1e-4)
