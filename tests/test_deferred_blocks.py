@@ -149,3 +149,36 @@ def test_gradients_through_a_linearized_block_match_finite_differences(family):
     step = 1e-2
     finite_difference = (estimate(w.at[0, 0].add(step)) - estimate(w.at[0, 0].add(-step))) / (2 * step)
     assert float(gradient[0, 0]) == pytest.approx(float(finite_difference), rel=0.02, abs=1e-4)
+
+
+def test_rmsnorm_and_a_gate_read_from_another_unit():
+    """``x * rsqrt(mean(x^2))`` (a broadcast product) and ``where(x @ a > 0, x, 0.1 x)`` are blocks."""
+    a = jnp.asarray(np.random.default_rng(5).standard_normal((4, 4)), jnp.float32)
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        rms = x * jax.lax.rsqrt(jnp.mean(x**2, keepdims=True) + 1e-6)
+        numpyro.deterministic("rms", rms[0] + 1.0)
+        numpyro.deterministic("gated", jnp.where(x @ a > 0, x, 0.1 * x).sum())
+
+    r = handlers.mechanize(model, family="gaussian")()
+    s = handlers.sample(model, num_samples=2**17, rng_key=jax.random.PRNGKey(6))()
+    for site in ("rms", "gated"):
+        sd = float(np.sqrt(s[site].diagnostics["variance"]))
+        assert abs(float(r[site].value) - float(s[site].value)) < 0.1 * sd + 5 * float(s[site].stderr)
+    assert float(r["rms"].diagnostics["linearization_nonfinite_share"]) == 0.0
+
+
+def test_a_threshold_on_a_moment_matched_value_says_so():
+    def product():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("catastrophe", x[0] * x[1] > 6.0)
+
+    def linear():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("catastrophe", x[0] + x[1] > 3.0)
+
+    closure = handlers.mechanize(product, family="gaussian")()["catastrophe"]
+    assert any("Gaussian closure" in note for note in closure.notes)
+    exact = handlers.mechanize(linear, family="gaussian")()["catastrophe"]
+    assert not any("Gaussian closure" in note for note in exact.notes)

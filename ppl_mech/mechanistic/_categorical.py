@@ -287,7 +287,7 @@ def _one_hot_root(state: State, h: Handle) -> Handle:
         t, k = probs.shape
         blocks = jax.vmap(lambda p: jnp.diag(p) - jnp.outer(p, p))(probs)  # (t, k, k)
         cov = jnp.einsum("ij,iab->iajb", jnp.eye(t, dtype=probs.dtype), blocks).reshape(t * k, t * k)
-        root = Handle((t * k,), probs.dtype, "moments", {"mean": jnp.reshape(probs, (-1,))},
+        root = Handle((t * k,), probs.dtype, "moments", {"mean": jnp.reshape(probs, (-1,)), "closure": True},
                       f"one-hot of categorical site {site!r}")
         state.set_cov(root, root, cov)
         state.activate(root)  # never retired: later values of the site are linear in it

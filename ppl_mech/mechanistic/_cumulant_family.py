@@ -50,7 +50,14 @@ from ppl_mech._bind import bind_eqn
 from ppl_mech._capture import LatentSite
 from ppl_mech._errors import UnsupportedDistributionError, UnsupportedPrimitiveError
 
-from ._elementwise import _affine_of, compose, is_elementwise, monotone_chain, monotone_crossing
+from ._elementwise import (
+    _affine_of,
+    compose,
+    is_elementwise,
+    level_set_chain,
+    monotone_chain,
+    monotone_crossing,
+)
 from ._inputs import _full_covariance, _unwrap
 from ._interpreter import CALL_JAXPR_PARAMS, COMPARISONS, describe, inside_call
 from ._linear import LINEAR_PRIMITIVES, bind_with, check_affine, variance_image
@@ -303,6 +310,11 @@ class CumulantInterpreter:
             self.note(f"{where}: a comparison of a monotone elementwise function, decided on its input "
                       "by inverting the threshold")
             return Threshold(base, crossing, upper == (direction > 0), shape)
+        if level_set_chain(y, shape):
+            self.note(f"{where}: a threshold of a non-monotone elementwise function (abs, square, gelu "
+                      "below its minimum...) is decided on the tail of that function's own cumulants, "
+                      "which can be far off (abs(y) > 4 for Gaussian y: 13x low); family='gaussian' or "
+                      "'diagonal' decides it exactly, as intervals of its input")
         return Threshold(self.force(y), threshold, upper, shape)
 
     def _tail(self, detector: Threshold) -> dict[str, Any]:

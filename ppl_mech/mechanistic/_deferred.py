@@ -165,7 +165,8 @@ def linearize(state: State, h: Handle, key) -> Handle:
     y = jnp.where(finite[:, None], y, 0.0)
     y_mean = weight @ y
     centred = jnp.where(finite[:, None], y - y_mean, 0.0)
-    new = Handle(h.shape, dtype, "moments", {"mean": jnp.reshape(y_mean, h.shape)}, h.origin)
+    new = Handle(h.shape, dtype, "moments", {"mean": jnp.reshape(y_mean, h.shape), "closure": True},
+                 h.origin)
     if state.family == "gaussian":
         regression = (centred * weight[:, None]).T @ z  # B = Cov(block, z), z exactly whitened
         # Cov(z, u) = L^-1 Cov(roots, u), so Cov(block, u) = B L^-1 Cov(roots, u)

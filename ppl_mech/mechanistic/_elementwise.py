@@ -230,6 +230,8 @@ def force(state: State, h: Handle) -> Handle:
             new.data["preimage"] = relu_preimage(base, structure[1], structure[3])
     else:
         new = _quadrature(state, base, fn, h.origin)
+    if structure[0] != "affine" or base.data.get("closure"):
+        new.data["closure"] = True  # a moment-matched Gaussian of a non-Gaussian value
     state.become(h, new)
     return h
 

@@ -52,6 +52,8 @@ def input_handle(site: LatentSite, state: State) -> Handle:
                 f"site {site.name!r} ({type(base).__name__}) enters as a moment-matched Gaussian"
             )
         h = Handle(shape, mean.dtype, "moments", {"mean": mean}, origin)
+        if not exact:
+            h.data["closure"] = True
         if state.family == "gaussian":
             if cov is None:
                 cov = jnp.diag(jnp.reshape(jnp.broadcast_to(var, shape), (-1,)))

@@ -305,9 +305,12 @@ class Interpreter:
         if eqn.outvars[0].aval.dtype == jnp.bool_ or name in CALL_JAXPR_PARAMS:
             return False
         if name in ELEMENTWISE:  # (operands of different shapes broadcast implicitly)
-            bases = {id(deferred.root_part(values[i])[0][0]) if values[i].kind == "lazy" else id(values[i])
-                     for i in random}
-            return name in deferred.NONLINEAR_BINARY and len(bases) > 1
+            if len({id(self.base_of(values[i])) for i in random}) < 2:
+                return False  # one base: the elementwise chain composes (or is affine)
+            shapes = {tuple(values[i].shape) for i in random}
+            return (name in deferred.NONLINEAR_BINARY
+                    or (name == "select_n" and 0 in random)  # a predicate read from another value
+                    or (name == "mul" and len(shapes) > 1))  # a broadcast product (RMSNorm's x * rsqrt)
         return name not in LINEAR_PRIMITIVES and name not in COMPARISONS and \
             name not in ("eq", "ne", "argmax")
 
@@ -423,8 +426,8 @@ class Interpreter:
             lo, hi, p = h.data["lo"], h.data["hi"], h.data["p"]
             lo, hi = lo.astype(p.dtype), hi.astype(p.dtype)
             h2 = Handle(h.shape, p.dtype, "moments",
-                        {"mean": lo + p * (hi - lo), "var": p * (1 - p) * jnp.square(hi - lo)},
-                        h.origin)
+                        {"mean": lo + p * (hi - lo), "var": p * (1 - p) * jnp.square(hi - lo),
+                         "closure": True}, h.origin)
             return h2
         raise UnsupportedPrimitiveError(f"{where}: a {h.kind} value cannot be used as a number here")
 
@@ -480,6 +483,7 @@ class Interpreter:
         units = np.broadcast_to(np.arange(h.size).reshape(h.shape), shape).ravel()
         pre = pre.select(units)
         threshold = jnp.reshape(jnp.broadcast_to(jnp.asarray(values[1 - position], dtype), shape), (-1,))
+        self.note_closure(pre.base, where)
         fn, var_fn = threshold_margin(pre, threshold, sign, strict=name in ("gt", "lt"))
         m = affine_image(self.state, lambda z: jnp.reshape(fn(z), shape), [pre.base], where,
                          lambda v: jnp.reshape(var_fn(v), shape))
@@ -491,6 +495,7 @@ class Interpreter:
         shape = eqn.outvars[0].aval.shape
         base, fn, direction = h.data["base"], h.data["fn"], h.data["monotone"]
         base = self.moments(base, where)
+        self.note_closure(base, where)
         threshold = jnp.broadcast_to(jnp.asarray(values[1 - position], base.data["mean"].dtype), shape)
         crossing = monotone_crossing(fn, threshold, direction, base.data["mean"],
                                      variance_of(self.state, base))
@@ -507,6 +512,7 @@ class Interpreter:
         shape = eqn.outvars[0].aval.shape
         fn = h.data["fn"]
         base = self.moments(h.data["base"], where)
+        self.note_closure(base, where)
         mean, var = base.data["mean"], variance_of(self.state, base)
         threshold = jnp.broadcast_to(jnp.asarray(values[1 - position], mean.dtype), shape)
         sign = COMPARISONS[name] * (1 if position == 0 else -1)
@@ -543,7 +549,7 @@ class Interpreter:
         if state.family == "gaussian":
             cab = state.get_cov(a, b)
             mean = ma * mb + jnp.reshape(jnp.diagonal(cab), a.shape)
-            h = Handle(a.shape, mean.dtype, "moments", {"mean": mean}, where)
+            h = Handle(a.shape, mean.dtype, "moments", {"mean": mean, "closure": True}, where)
             fa, fb = jnp.reshape(ma, (-1, 1)), jnp.reshape(mb, (-1, 1))
             for u in list(state.active.values()):
                 state.set_cov(h, u, fa * state.get_cov(b, u) + fb * state.get_cov(a, u))
@@ -557,7 +563,7 @@ class Interpreter:
             va, vb = variance_of(state, a), variance_of(state, b)
             state.note("products of random values: independence presumption")
             return Handle(a.shape, ma.dtype, "moments",
-                          {"mean": ma * mb, "var": va * vb + va * mb**2 + vb * ma**2}, where)
+                          {"mean": ma * mb, "var": va * vb + va * mb**2 + vb * ma**2, "closure": True}, where)
         return Handle(a.shape, ma.dtype, "moments", {"mean": ma * mb}, where)
 
     def margin(self, eqn, values, random, where) -> tuple[Handle, int]:
@@ -602,7 +608,15 @@ class Interpreter:
             if level_set_chain(values[random[0]], shape):
                 return self.compare_level_set(eqn, values, random[0], values[random[0]], where)
         m, sign = self.margin(eqn, values, random, where)
+        self.note_closure(m, where)
         return self.margin_event(m, sign, shape, where, independent=len(random) > 1)
+
+    def note_closure(self, h: Handle, where: str) -> None:
+        """Say so when a comparison is decided on a moment-matched Gaussian of a non-Gaussian value."""
+        if h.data.get("closure") and self.state.family != "mean":
+            self.state.note(f"{where}: decided on the Gaussian closure (moment matching) of a non-Gaussian "
+                            "value; its tail probabilities can be far off (check rare events with "
+                            "handlers.importance)")
 
     def margin_event(self, m: Handle, sign: int, shape, where: str, independent: bool = False) -> Handle:
         """The boolean ``sign * m > 0`` per unit: events (gaussian) or two-point laws."""

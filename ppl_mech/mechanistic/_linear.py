@@ -103,6 +103,8 @@ def affine_image(
     means = [h.data["mean"] for h in inputs]
     mean = fn(*means)
     h = Handle(mean.shape, mean.dtype, "moments", {"mean": mean}, origin)
+    if any(x.data.get("closure") for x in inputs):
+        h.data["closure"] = True
     if state.family == "gaussian":
         def linear_part(*cols):
             tangents = [c.astype(m.dtype) for c, m in zip(cols, means, strict=True)]
