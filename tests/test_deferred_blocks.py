@@ -182,3 +182,35 @@ def test_a_threshold_on_a_moment_matched_value_says_so():
     assert any("Gaussian closure" in note for note in closure.notes)
     exact = handlers.mechanize(linear, family="gaussian")()["catastrophe"]
     assert not any("Gaussian closure" in note for note in exact.notes)
+
+
+def test_review_regressions_scales_argmax_and_gradients_at_the_domain_edge():
+    """Roots of very different scales; argmax of a softmax; a gradient where some points are NaN."""
+
+    def scales():
+        x = numpyro.sample("x", dist.Normal(0.0, 100.0))
+        y = numpyro.sample("y", dist.Normal(0.0, 0.01))
+        numpyro.deterministic("m", jnp.maximum(x * 1e-4, y))
+
+    r = handlers.mechanize(scales, family="gaussian")()["m"]
+    # E[max(a, b)] for independent N(0, 0.01^2): 0.01 / sqrt(pi)
+    assert float(r.value) == pytest.approx(0.01 / np.sqrt(np.pi), rel=0.05)
+
+    def first_is_largest():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        numpyro.deterministic("catastrophe", jnp.argmax(jax.nn.softmax(x)) == 0)
+
+    r = handlers.mechanize(first_is_largest, family="gaussian")()["catastrophe"]
+    assert float(r.value) == pytest.approx(0.25, abs=0.01)
+
+    def root_of_max(w):
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        numpyro.deterministic("q", jnp.sqrt(jnp.max(x * w)))  # NaN where the max is negative
+
+    def estimate(w):
+        return handlers.mechanize(root_of_max, family="gaussian")(w)["q"].value
+
+    w = jnp.ones(3)
+    gradient = jax.grad(estimate)(w)
+    finite_difference = (estimate(w.at[0].add(1e-2)) - estimate(w.at[0].add(-1e-2))) / 2e-2
+    assert float(gradient[0]) == pytest.approx(float(finite_difference), rel=0.05)

@@ -89,3 +89,18 @@ def test_an_abs_detector_on_a_relu_network_is_the_union_of_its_two_tails():
 
     r = handlers.mechanize(net, family="gaussian")()
     assert float(r["catastrophe"].value) == pytest.approx(float(r["tails"].value), rel=1e-4)
+
+
+def test_saturating_thresholds_and_constant_units():
+    """``clip(|y|, 0, 2) >= 2`` holds on a set of positive mass; a constant unit is 0 or 1."""
+
+    def saturating():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("clipped", jnp.clip(jnp.abs(x[0]), 0.0, 2.0) >= 2.0)
+        numpyro.deterministic("constant", jnp.abs(jnp.concatenate([x, jnp.array([3.0])])) > 2.0)
+
+    for family in ("gaussian", "diagonal"):
+        r = handlers.mechanize(saturating, family=family)()
+        assert float(r["clipped"].value) == pytest.approx(2 * stats.norm.sf(2.0), rel=1e-3)
+        np.testing.assert_allclose(np.asarray(r["constant"].value), [2 * stats.norm.sf(2.0)] * 2 + [1.0],
+                                   rtol=1e-3)

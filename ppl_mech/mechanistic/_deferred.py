@@ -32,7 +32,7 @@ message (exactly whitened, so the points' covariance is the message's), push
 them through the block, and keep the block's mean and covariance and the
 regression ``B`` of the block on the whitened roots. Cross-covariances with
 every other live value follow as ``B L^-1 Cov(roots, u)`` (``L`` the Cholesky factor of the
-roots' covariance, with a relative jitter of 1e-5), exact for jointly
+roots' covariance, its correlation matrix jittered by 1e-5), exact for jointly
 Gaussian values (a Gaussian ``u`` given the roots is linear in them plus
 independent noise). The moments carry Monte Carlo error of order
 ``1/sqrt(M)``; each forcing adds a note naming the block's first equation.
@@ -52,7 +52,7 @@ from ppl_mech._errors import UnsupportedPrimitiveError
 from ._state import Handle, State
 
 LINEARIZATION_POINTS = 4096  # Monte Carlo points per forcing (at least 4 per root unit)
-JITTER = 1e-5  # relative, on the roots' covariance before its Cholesky factor
+JITTER = 1e-5  # added to the roots' correlation matrix before its Cholesky factor
 MAX_ROOT_SIZE = 4096  # root units a block may read; beyond it the block is forced first
 UNIT_MIXING = {"dot_general", "conv_general_dilated"}
 # elementwise ops of random values from different sources that have no Gaussian rule
@@ -131,11 +131,14 @@ def linearize(state: State, h: Handle, key) -> Handle:
         cov = jnp.concatenate(
             [jnp.concatenate([state.get_cov(a, b) for b in roots], axis=1) for a in roots], axis=0)
         cov = 0.5 * (cov + cov.T)
-        # a relative jitter keeps the Cholesky factor (and its gradient) defined when the roots
-        # are linearly dependent (two affine images of one input); it adds a variance of
-        # JITTER times the mean root variance
-        jitter = JITTER * jnp.maximum(jnp.mean(jnp.diagonal(cov)), jnp.finfo(dtype).tiny)
-        scale = jnp.linalg.cholesky(cov + jitter * jnp.eye(n, dtype=dtype))  # roots = mean + scale z
+        # the correlation matrix plus a jitter keeps the Cholesky factor (and its gradient)
+        # defined when roots are linearly dependent (two affine images of one input); each
+        # root's variance grows by the factor 1 + JITTER, whatever its scale
+        sd = jnp.sqrt(jnp.maximum(jnp.diagonal(cov), 0.0))
+        inv_sd = jnp.where(sd > 0, 1.0 / jnp.where(sd > 0, sd, 1.0), 0.0)
+        corr = cov * inv_sd[:, None] * inv_sd[None, :]
+        corr_factor = jnp.linalg.cholesky(corr + JITTER * jnp.eye(n, dtype=dtype))
+        scale = sd[:, None] * corr_factor  # roots = mean + scale z
     elif state.family == "diagonal":
         scale = jnp.diag(jnp.sqrt(jnp.concatenate([jnp.reshape(r.data["var"], (-1,)) for r in roots])))
     else:  # mean family: the roots are points
@@ -154,23 +157,26 @@ def linearize(state: State, h: Handle, key) -> Handle:
             start += size
         return jnp.reshape(jnp.asarray(h.data["fn"](env), dtype), (-1,))
 
-    y = jax.vmap(evaluate)(r)
+    # points where the block is not finite (its domain ends: sqrt of a negative max) are
+    # dropped and their share recorded; they are swapped for a finite point before the
+    # evaluation that is differentiated, so that they leave no NaN in gradients
+    finite = jax.lax.stop_gradient(jnp.all(jnp.isfinite(jax.vmap(evaluate)(r)), axis=1))
+    safe_point = r[jnp.argmax(finite)]
+    y = jax.vmap(evaluate)(jnp.where(finite[:, None], r, safe_point[None, :]))
     if not jnp.issubdtype(y.dtype, jnp.floating):
         y = y.astype(dtype)
-    # points where the block is not finite (the roots' Gaussian closure leaves its domain,
-    # e.g. a negative variance under a square root) are dropped, and their share recorded
-    finite = jnp.all(jnp.isfinite(y), axis=1)
     weight = finite.astype(dtype) / jnp.maximum(jnp.sum(finite), 1)
     state.record("linearization_nonfinite_share", 1.0 - jnp.mean(finite.astype(dtype)))
     y = jnp.where(finite[:, None], y, 0.0)
-    y_mean = weight @ y
+    y_mean = jnp.where(jnp.any(finite), weight @ y, jnp.nan)  # no finite point: NaN, not 0
     centred = jnp.where(finite[:, None], y - y_mean, 0.0)
     new = Handle(h.shape, dtype, "moments", {"mean": jnp.reshape(y_mean, h.shape), "closure": True},
                  h.origin)
     if state.family == "gaussian":
         regression = (centred * weight[:, None]).T @ z  # B = Cov(block, z), z exactly whitened
         # Cov(z, u) = L^-1 Cov(roots, u), so Cov(block, u) = B L^-1 Cov(roots, u)
-        to_roots = jax.scipy.linalg.solve_triangular(scale, regression.T, lower=True, trans="T").T
+        to_roots = jax.scipy.linalg.solve_triangular(corr_factor, regression.T, lower=True, trans="T").T
+        to_roots = to_roots * inv_sd[None, :]  # B L^-1 with L = diag(sd) corr_factor
         for u in list(state.active.values()):
             block = jnp.concatenate([state.get_cov(root, u) for root in roots], axis=0)
             state.set_cov(new, u, to_roots @ block)

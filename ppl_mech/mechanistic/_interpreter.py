@@ -233,9 +233,6 @@ class Interpreter:
             kinds = {values[i].kind for i in random}
         if self.has_no_rule(eqn, values, random) and self.deferrable(values, random):
             return self.defer(eqn, values, random, where)
-        shadow = self.provenance_of(eqn, values, random, where)
-        original = list(values)
-
         if "categorical" in kinds:
             if kinds == {"categorical"} and categorical.is_exact_op(eqn, values, random):
                 return [categorical.apply(eqn, values, random, where)]
@@ -270,30 +267,50 @@ class Interpreter:
             chained = self.compose_on_one_base(eqn, values, random, where)
             if chained is not None:
                 return [chained]
-        values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
-        if name == "mul" and len(random) == 2:
-            return [self.product(values[random[0]], values[random[1]], where)]
-        if name in LINEAR_PRIMITIVES:
-            try:
-                out = linear_rule(self.state, eqn, values, random, where)
-            except UnsupportedPrimitiveError:
-                self.release_provenance(shadow)
-                if not self.deferrable(original, random):
-                    raise
-                return self.defer(eqn, original, random, where)  # e.g. a division by a random value
-            self.carry_preimage(eqn, values, random, out)
-            if shadow is not None:
-                out.data["provenance"] = shadow
-            return [out]
-        self.release_provenance(shadow)
-        if self.deferrable(original, random):
-            return self.defer(eqn, original, random, where)
+        # Forcing mutates lazy handles in place: what a fallback block would read, and a small
+        # reduction's provenance, are taken (and their roots held) before it.
+        shadow = self.provenance_of(eqn, values, random, where)
+        fallback = self.snapshot(values, random)
+        try:
+            values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
+            if name == "mul" and len(random) == 2:
+                return [self.product(values[random[0]], values[random[1]], where)]
+            if name in LINEAR_PRIMITIVES:
+                try:
+                    out = linear_rule(self.state, eqn, values, random, where)
+                except UnsupportedPrimitiveError:
+                    if fallback is None:
+                        raise
+                    return self.defer(eqn, fallback, random, where)  # e.g. a product of random matrices
+                self.carry_preimage(eqn, values, random, out)
+                if shadow is not None:
+                    out.data["provenance"], shadow = shadow, None
+                return [out]
+            if fallback is not None:
+                return self.defer(eqn, fallback, random, where)
+        finally:
+            self.release_provenance(shadow)
+            if fallback is not None:
+                self.release_provenance({"roots": [r for i in random for r in fallback[i].data["roots"]]})
         raise UnsupportedPrimitiveError(
             f"{where}: no propagation rule for {name!r} with random operands "
             f"(family {self.state.family!r})"
         )
 
     # --- deferred blocks (see _deferred) -------------------------------------------------
+    def snapshot(self, values, random) -> list | None:
+        """``values`` with each random operand as a deferred view of its roots (held), if deferrable."""
+        if not self.deferrable(values, random):
+            return None
+        out = list(values)
+        for i in random:
+            roots, fn = deferred.root_part(values[i])
+            for root in roots:
+                self.hold(root)
+            out[i] = Handle(values[i].shape, values[i].dtype, "deferred", {"roots": roots, "fn": fn},
+                            values[i].origin)
+        return out
+
     def deferrable(self, values, random) -> bool:
         kinds = {values[i].kind for i in random}
         return kinds <= {"moments", "lazy", "deferred"} and \
@@ -308,9 +325,12 @@ class Interpreter:
             if len({id(self.base_of(values[i])) for i in random}) < 2:
                 return False  # one base: the elementwise chain composes (or is affine)
             shapes = {tuple(values[i].shape) for i in random}
+            nonlinear = any((values[i].kind == "lazy" and values[i].data["structure"][0] != "affine")
+                            or "provenance" in values[i].data for i in random)
             return (name in deferred.NONLINEAR_BINARY
                     or (name == "select_n" and 0 in random)  # a predicate read from another value
-                    or (name == "mul" and len(shapes) > 1))  # a broadcast product (RMSNorm's x * rsqrt)
+                    # x * rsqrt(var(x)), a gate x * sigmoid(y): not a product of two Gaussians
+                    or (name == "mul" and (len(shapes) > 1 or nonlinear)))
         return name not in LINEAR_PRIMITIVES and name not in COMPARISONS and \
             name not in ("eq", "ne", "argmax")
 
@@ -340,7 +360,9 @@ class Interpreter:
     def joins_deferred(self, eqn, values, random, kinds) -> bool:
         """Whether ``eqn`` (with a deferred operand) composes into the deferred block."""
         name = eqn.primitive.name
-        if (name in deferred.UNIT_MIXING and len(random) == 1) or name in CALL_JAXPR_PARAMS:
+        if name in ("argmax", "argmin") or name in CALL_JAXPR_PARAMS:
+            return False  # argmax has its own rule on the forced value
+        if name in deferred.UNIT_MIXING and len(random) == 1:
             return False  # a matmul with constant weights: the Gaussian closure's own ground
         if (name in COMPARISONS or name in ("eq", "ne")) and eqn.outvars[0] not in self.predicate_only:
             return False
@@ -516,7 +538,8 @@ class Interpreter:
         mean, var = base.data["mean"], variance_of(self.state, base)
         threshold = jnp.broadcast_to(jnp.asarray(values[1 - position], mean.dtype), shape)
         sign = COMPARISONS[name] * (1 if position == 0 else -1)
-        lower, upper, dropped = level_set_intervals(fn, threshold, sign, mean, var)
+        strict = name in ("gt", "lt")
+        lower, upper, dropped = level_set_intervals(fn, threshold, sign, mean, var, strict=strict)
         self.state.record("level_set_dropped_intervals", dropped)
         self.state.note(f"{where}: a comparison of a non-monotone elementwise function, decided on its "
                         f"Gaussian input as up to {LEVEL_SET_SLOTS} intervals per unit "
@@ -532,10 +555,12 @@ class Interpreter:
                 inside = events.elementwise(events.dnf_and, lower_event, upper_event, where)
                 union = inside if union is None else events.elementwise(events.dnf_or, union, inside, where)
             return Handle(shape, jnp.bool_, "events", {"events": union}, where)
+        margin = sign * (fn(mean) - threshold)
+        at_mean = margin > 0 if strict else margin >= 0
         if family == "mean":
-            p = (sign * (fn(mean) - threshold) > 0).astype(mean.dtype)
+            p = at_mean.astype(mean.dtype)
         else:
-            p = interval_probability(lower, upper, mean, var)
+            p = interval_probability(lower, upper, mean, var, at_mean)
         zero = jnp.zeros(shape, jnp.bool_)
         return Handle(shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
 

@@ -30,8 +30,8 @@ SLOTS = 3
 HALVINGS = 40
 
 
-def level_set_intervals(fn: Callable, threshold, sign: int, mean, variance):
-    """``(lower, upper, dropped)``: ``{sign * (f(z) - t) > 0}`` per unit as ``SLOTS`` intervals.
+def level_set_intervals(fn: Callable, threshold, sign: int, mean, variance, *, strict: bool = True):
+    """``(lower, upper, dropped)``: ``{sign * (f(z) - t) > 0}`` (``>= 0`` unless ``strict``) per unit.
 
     ``lower``/``upper`` have shape ``(SLOTS,) + mean.shape``; an unused slot is the empty
     interval ``(c, c)``. A unit with more intervals keeps the ``SLOTS`` of largest
@@ -44,7 +44,8 @@ def level_set_intervals(fn: Callable, threshold, sign: int, mean, variance):
     z = mean[None] + sd[None] * u.reshape((-1,) + (1,) * mean.ndim)
 
     def inside(points):
-        return sign * (fn(points) - threshold) > 0
+        margin = sign * (fn(points) - threshold)
+        return margin > 0 if strict else margin >= 0  # ``>=`` matters where f saturates (clip)
 
     grid_inside = jnp.reshape(jax.vmap(inside)(z), (GRID, -1)).T  # (units, GRID)
     grid_u = jnp.broadcast_to(u, grid_inside.shape)
@@ -104,13 +105,15 @@ def _crossing(inside: Callable, left, right, *, rising: bool):
     return 0.5 * (a + b)
 
 
-def interval_probability(lower, upper, mean, variance):
-    """``sum_k P[lower_k < z < upper_k]`` for ``z ~ N(mean, variance)`` (disjoint intervals)."""
+def interval_probability(lower, upper, mean, variance, at_mean):
+    """``sum_k P[lower_k < z < upper_k]`` for ``z ~ N(mean, variance)`` (disjoint intervals).
+
+    ``at_mean``: whether the event holds at the mean (the answer for zero-variance units).
+    """
     sd = jnp.sqrt(jnp.maximum(variance, 0.0))
     safe = jnp.where(sd > 0, sd, 1.0)
     cdf = jax.scipy.special.ndtr
     a, b = (lower - mean) / safe, (upper - mean) / safe
     # above the mean use upper tails, so that far-tail intervals do not cancel to 0 in float32
     p = jnp.sum(jnp.where(a > 0, cdf(-a) - cdf(-b), cdf(b) - cdf(a)), axis=0)
-    point = jnp.any((lower < mean) & (mean < upper), axis=0).astype(mean.dtype)
-    return jnp.where(sd > 0, jnp.clip(p, 0.0, 1.0), point)
+    return jnp.where(sd > 0, jnp.clip(p, 0.0, 1.0), jnp.asarray(at_mean, mean.dtype))
