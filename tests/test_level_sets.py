@@ -104,3 +104,22 @@ def test_saturating_thresholds_and_constant_units():
         assert float(r["clipped"].value) == pytest.approx(2 * stats.norm.sf(2.0), rel=1e-3)
         np.testing.assert_allclose(np.asarray(r["constant"].value), [2 * stats.norm.sf(2.0)] * 2 + [1.0],
                                    rtol=1e-3)
+
+
+def test_a_threshold_of_a_max_is_any_unit_above_it():
+    """``max(x) > t`` is ``any(x > t)``, ``max(x) < t`` is ``all(x < t)``: exact, also through a ReLU."""
+
+    def extremes(t):
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([6]).to_event(1))
+        numpyro.deterministic("max_above", jnp.max(x) > t)
+        numpyro.deterministic("max_below", jnp.max(x) < 1.0)
+        numpyro.deterministic("min_above", jnp.min(x) > -1.0)
+        numpyro.deterministic("rows", jnp.max(jnp.maximum(x, 0.0).reshape(2, 3), axis=1) > 2.0)
+
+    for family in ("gaussian", "diagonal"):
+        r = handlers.mechanize(extremes, family=family)(4.0)
+        assert float(r["max_above"].value) == pytest.approx(1 - stats.norm.cdf(4.0) ** 6, rel=1e-3)
+        assert float(r["max_below"].value) == pytest.approx(stats.norm.cdf(1.0) ** 6, rel=1e-3)
+        assert float(r["min_above"].value) == pytest.approx(stats.norm.cdf(1.0) ** 6, rel=1e-3)
+        # a union of three polytopes: the gaussian family estimates it by (quasi) Monte Carlo
+        np.testing.assert_allclose(np.asarray(r["rows"].value), 1 - stats.norm.cdf(2.0) ** 3, rtol=1e-2)

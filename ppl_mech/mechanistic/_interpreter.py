@@ -93,6 +93,16 @@ PREIMAGE_LOST = (
     "pre-activation"
 )
 
+class _Synthetic:
+    """An equation-like record for rules called on a rewritten operation (``max(x) > t`` -> ``any``)."""
+
+    def __init__(self, name: str, shape, dtype, **params):
+        self.primitive = type("Primitive", (), {"name": name})()
+        self.outvars = [type("Var", (), {"aval": jax.core.ShapedArray(tuple(shape), dtype)})()]
+        self.params = params
+        self.invars = []
+
+
 class Interpreter:
     def __init__(self, state: State, *, key, num_samples: int):
         self.state = state
@@ -134,6 +144,8 @@ class Interpreter:
             value.kind = "dropped-deferred"
             for root in value.data["roots"]:
                 self.release(root)
+            if "extremum" in value.data:
+                self.release(value.data.pop("extremum")[1])
         if value.kind == "moments" and "provenance" in value.data:
             self.release_provenance(value.data.pop("provenance"))
         if value.id in self.margins:
@@ -226,6 +238,9 @@ class Interpreter:
         is_bool = out_aval.dtype == jnp.bool_
 
         if "deferred" in kinds:
+            if name in COMPARISONS and len(random) == 1 and "extremum" in values[random[0]].data \
+                    and eqn.outvars[0] not in self.predicate_only:
+                return [self.compare_extremum(eqn, values, random[0], where)]
             if self.joins_deferred(eqn, values, random, kinds):
                 return self.defer(eqn, values, random, where, note=False)
             values = [self.moments(x, where) if isinstance(x, Handle) and x.kind == "deferred" else x
@@ -370,6 +385,12 @@ class Interpreter:
 
     def defer(self, eqn, values, random, where, *, note: bool = True) -> list[Handle]:
         outs = deferred.defer(eqn, values, random, where)
+        if eqn.primitive.name in ("reduce_max", "reduce_min") and len(random) == 1 and \
+                values[random[0]].kind in ("moments", "lazy"):
+            # max(x) > t is any(x > t): kept exact if a comparison reads the max directly
+            source = values[random[0]]
+            self.hold(source)
+            outs[0].data["extremum"] = (eqn.primitive.name, source, tuple(eqn.params["axes"]))
         if note:
             self.state.note(deferred.DEFER_NOTE.format(where=where, name=eqn.primitive.name,
                                                        points=deferred.LINEARIZATION_POINTS))
@@ -385,11 +406,29 @@ class Interpreter:
                 raise AssertionError("deferred roots are never lazy")  # root_part takes lazy bases
         key = jax.random.fold_in(self.key, 1_000_000 + self.linearizations)
         self.linearizations += 1
+        extremum = h.data.get("extremum")
         new = deferred.linearize(self.state, h, key)
         self.state.become(h, new)
         for root in roots:
             self.release(root)
+        if extremum is not None:
+            self.release(extremum[1])
         return h
+
+    def compare_extremum(self, eqn, values, position: int, where: str) -> Handle:
+        """``max(x) > t`` as ``any(x > t)`` (``< t``: ``all``; ``min`` the other way round)."""
+        name = eqn.primitive.name
+        kind, source, axes = values[position].data["extremum"]
+        out_aval = eqn.outvars[0].aval
+        upper = COMPARISONS[name] * (1 if position == 0 else -1) > 0  # extremum > t
+        flipped = {"gt": "lt", "lt": "gt", "ge": "le", "le": "ge"}[name]
+        unit_name = name if position == 0 else flipped  # written as ``x <op> t``
+        t = jnp.broadcast_to(jnp.asarray(values[1 - position]), out_aval.shape)
+        t = jnp.broadcast_to(jnp.expand_dims(t, axes), source.shape) if axes else t
+        per_unit = self.compare(_Synthetic(unit_name, source.shape, jnp.bool_), [source, t], [0], where)
+        reduce = "reduce_or" if (kind == "reduce_max") == upper else "reduce_and"
+        self.state.note(f"{where}: a threshold of a max/min, decided unit by unit (any/all)")
+        return self.discrete(_Synthetic(reduce, out_aval.shape, jnp.bool_, axes=axes), [per_unit], [0], where)
 
     def leave_categorical(self, x, where: str, independent: bool = False):
         """A categorical operand of an op that mixes tokens: exact moments, or a two-point law.
