@@ -55,8 +55,6 @@ LINEARIZATION_POINTS = 4096  # Monte Carlo points per forcing (at least 4 per ro
 JITTER = 1e-5  # added to the roots' correlation matrix before its Cholesky factor
 MAX_ROOT_SIZE = 4096  # root units a block may read; beyond it the block is forced first
 UNIT_MIXING = {"dot_general", "conv_general_dilated"}
-# elementwise ops of random values from different sources that have no Gaussian rule
-NONLINEAR_BINARY = {"div", "max", "min", "pow", "atan2", "rem", "nextafter"}
 PROVENANCE_MAX_SIZE = 64  # reductions (not matmuls) up to this many units remember their inputs
 
 DEFER_NOTE = ("{where}: no propagation rule for {name!r}; the block from here on is a deferred function of "

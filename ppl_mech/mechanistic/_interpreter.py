@@ -28,7 +28,6 @@ from . import _categorical as categorical
 from . import _deferred as deferred
 from . import _events as events
 from ._elementwise import (
-    ELEMENTWISE,
     compose,
     force,
     is_elementwise,
@@ -38,7 +37,7 @@ from ._elementwise import (
 )
 from ._level_sets import SLOTS as LEVEL_SET_SLOTS
 from ._level_sets import interval_probability, level_set_intervals
-from ._linear import LINEAR_PRIMITIVES, affine_image, bind_with, linear_rule
+from ._linear import LINEAR_PRIMITIVES, affine_image, bind_with, is_affine, linear_rule
 from ._predicates import predicate_only_vars, same_shape
 from ._state import Handle, State, variance_of
 from ._thresholds import ReluPreimage, flat_affine, relu_preimage, threshold_margin
@@ -142,8 +141,7 @@ class Interpreter:
             self.release(value.data.pop("preimage").base)
         elif value.kind == "deferred":
             value.kind = "dropped-deferred"
-            for root in value.data["roots"]:
-                self.release(root)
+            self.release_roots(value.data["roots"])
             if "extremum" in value.data:
                 self.release(value.data.pop("extremum")[1])
         if value.kind == "moments" and "provenance" in value.data:
@@ -246,8 +244,6 @@ class Interpreter:
             values = [self.moments(x, where) if isinstance(x, Handle) and x.kind == "deferred" else x
                       for x in values]
             kinds = {values[i].kind for i in random}
-        if self.has_no_rule(eqn, values, random) and self.deferrable(values, random):
-            return self.defer(eqn, values, random, where)
         if "categorical" in kinds:
             if kinds == {"categorical"} and categorical.is_exact_op(eqn, values, random):
                 return [categorical.apply(eqn, values, random, where)]
@@ -278,76 +274,58 @@ class Interpreter:
         if "two_point" in kinds:  # mixed with real values: use the two-point law's moments
             values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
             kinds = {values[i].kind for i in random}
+        # decided before forcing: forcing mutates lazy handles in place, and a block reads their bases
+        if self.has_no_rule(eqn, values, random) and self.deferrable(values, random):
+            return self.defer(eqn, values, random, where)
         if is_elementwise(eqn):
             chained = self.compose_on_one_base(eqn, values, random, where)
             if chained is not None:
                 return [chained]
-        # Forcing mutates lazy handles in place: what a fallback block would read, and a small
-        # reduction's provenance, are taken (and their roots held) before it.
-        shadow = self.provenance_of(eqn, values, random, where)
-        fallback = self.snapshot(values, random)
-        try:
-            values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
-            if name == "mul" and len(random) == 2:
-                return [self.product(values[random[0]], values[random[1]], where)]
-            if name in LINEAR_PRIMITIVES:
-                try:
-                    out = linear_rule(self.state, eqn, values, random, where)
-                except UnsupportedPrimitiveError:
-                    if fallback is None:
-                        raise
-                    return self.defer(eqn, fallback, random, where)  # e.g. a product of random matrices
-                self.carry_preimage(eqn, values, random, out)
-                if shadow is not None:
-                    out.data["provenance"], shadow = shadow, None
-                return [out]
-            if fallback is not None:
-                return self.defer(eqn, fallback, random, where)
-        finally:
+        shadow = self.provenance_of(eqn, values, random, where)  # taken (roots held) before forcing
+        values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
+        if name == "mul" and len(random) == 2:
             self.release_provenance(shadow)
-            if fallback is not None:
-                self.release_provenance({"roots": [r for i in random for r in fallback[i].data["roots"]]})
+            return [self.product(values[random[0]], values[random[1]], where)]
+        if name in LINEAR_PRIMITIVES:
+            out = linear_rule(self.state, eqn, values, random, where)
+            self.carry_preimage(eqn, values, random, out)
+            if shadow is not None:
+                out.data["provenance"] = shadow
+            return [out]
+        self.release_provenance(shadow)
         raise UnsupportedPrimitiveError(
             f"{where}: no propagation rule for {name!r} with random operands "
             f"(family {self.state.family!r})"
         )
 
     # --- deferred blocks (see _deferred) -------------------------------------------------
-    def snapshot(self, values, random) -> list | None:
-        """``values`` with each random operand as a deferred view of its roots (held), if deferrable."""
-        if not self.deferrable(values, random):
-            return None
-        out = list(values)
-        for i in random:
-            roots, fn = deferred.root_part(values[i])
-            for root in roots:
-                self.hold(root)
-            out[i] = Handle(values[i].shape, values[i].dtype, "deferred", {"roots": roots, "fn": fn},
-                            values[i].origin)
-        return out
-
     def deferrable(self, values, random) -> bool:
         kinds = {values[i].kind for i in random}
         return kinds <= {"moments", "lazy", "deferred"} and \
             deferred.root_size(values, random) <= deferred.MAX_ROOT_SIZE
 
     def has_no_rule(self, eqn, values, random) -> bool:
-        """``eqn`` has no Gaussian rule whatever its operands' messages (decided before forcing them)."""
+        """``eqn`` has no Gaussian rule whatever its operands' messages (decided before forcing them).
+
+        Rules: an elementwise chain on one base composes; a product of two Gaussians is Isserlis';
+        an affine map is exact. Anything else (a division by a random value, a random
+        predicate, ``max`` of two values, ``reduce_max``, ``sort``) has none.
+        """
         name = eqn.primitive.name
-        if eqn.outvars[0].aval.dtype == jnp.bool_ or name in CALL_JAXPR_PARAMS:
+        if eqn.outvars[0].aval.dtype == jnp.bool_ or name in CALL_JAXPR_PARAMS or name == "argmax":
             return False
-        if name in ELEMENTWISE:  # (operands of different shapes broadcast implicitly)
-            if len({id(self.base_of(values[i])) for i in random}) < 2:
-                return False  # one base: the elementwise chain composes (or is affine)
-            shapes = {tuple(values[i].shape) for i in random}
-            nonlinear = any((values[i].kind == "lazy" and values[i].data["structure"][0] != "affine")
-                            or "provenance" in values[i].data for i in random)
-            return (name in deferred.NONLINEAR_BINARY
-                    or (name == "select_n" and 0 in random)  # a predicate read from another value
-                    # x * rsqrt(var(x)), a gate x * sigmoid(y): not a product of two Gaussians
-                    or (name == "mul" and (len(shapes) > 1 or nonlinear)))
-        return name not in LINEAR_PRIMITIVES and name not in COMPARISONS and \
-            name not in ("eq", "ne", "argmax")
+        if is_elementwise(eqn) and len({id(self.base_of(values[i])) for i in random}) == 1:
+            return False
+        if name == "mul" and len(random) == 2:
+            # x * rsqrt(var(x)) (a broadcast), a gate x * sigmoid(y): not a product of two Gaussians
+            return len({tuple(values[i].shape) for i in random}) > 1 or \
+                any(self.reads_nonlinear(values[i]) for i in random)
+        return not is_affine(eqn, random)
+
+    @staticmethod
+    def reads_nonlinear(h: Handle) -> bool:
+        """A non-affine elementwise chain, or a small reduction that remembers one (provenance)."""
+        return (h.kind == "lazy" and h.data["structure"][0] != "affine") or "provenance" in h.data
 
     def provenance_of(self, eqn, values, random, where) -> dict | None:
         """For a small linear reduction of an elementwise chain: its exact function of the roots."""
@@ -357,8 +335,7 @@ class Interpreter:
             return None
         if math.prod(eqn.outvars[0].aval.shape) > deferred.PROVENANCE_MAX_SIZE:
             return None
-        if not any((values[i].kind == "lazy" and values[i].data["structure"][0] != "affine")
-                   or "provenance" in values[i].data for i in random):
+        if not any(self.reads_nonlinear(values[i]) for i in random):
             return None  # affine chains of Gaussian values are Gaussian: their closure is exact
         if not self.deferrable(values, random):
             return None
@@ -369,8 +346,11 @@ class Interpreter:
 
     def release_provenance(self, provenance: dict | None) -> None:
         if provenance is not None:
-            for root in provenance["roots"]:
-                self.release(root)
+            self.release_roots(provenance["roots"])
+
+    def release_roots(self, roots) -> None:
+        for root in roots:
+            self.release(root)
 
     def joins_deferred(self, eqn, values, random, kinds) -> bool:
         """Whether ``eqn`` (with a deferred operand) composes into the deferred block."""
@@ -401,16 +381,12 @@ class Interpreter:
 
     def force_deferred(self, h: Handle, where: str) -> Handle:
         roots = h.data["roots"]
-        for root in roots:
-            if root.kind == "lazy":
-                raise AssertionError("deferred roots are never lazy")  # root_part takes lazy bases
         key = jax.random.fold_in(self.key, 1_000_000 + self.linearizations)
         self.linearizations += 1
         extremum = h.data.get("extremum")
         new = deferred.linearize(self.state, h, key)
         self.state.become(h, new)
-        for root in roots:
-            self.release(root)
+        self.release_roots(roots)
         if extremum is not None:
             self.release(extremum[1])
         return h
@@ -578,13 +554,18 @@ class Interpreter:
         threshold = jnp.broadcast_to(jnp.asarray(values[1 - position], mean.dtype), shape)
         sign = COMPARISONS[name] * (1 if position == 0 else -1)
         strict = name in ("gt", "lt")
+        margin = sign * (fn(mean) - threshold)
+        at_mean = margin > 0 if strict else margin >= 0
+        zero = jnp.zeros(shape, jnp.bool_)
+        if self.state.family == "mean":  # the base is a point
+            p = at_mean.astype(mean.dtype)
+            return Handle(shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
         lower, upper, dropped = level_set_intervals(fn, threshold, sign, mean, var, strict=strict)
         self.state.record("level_set_dropped_intervals", dropped)
         self.state.note(f"{where}: a comparison of a non-monotone elementwise function, decided on its "
                         f"Gaussian input as up to {LEVEL_SET_SLOTS} intervals per unit "
                         "(diagnostics['level_set_dropped_intervals'] counts any beyond)")
-        family = self.state.family
-        if family == "gaussian":
+        if self.state.family == "gaussian":
             union = None
             for k in range(LEVEL_SET_SLOTS):
                 above = affine_image(self.state, lambda z, c=lower[k]: z - c, [base], where, lambda v: v)
@@ -594,13 +575,7 @@ class Interpreter:
                 inside = events.elementwise(events.dnf_and, lower_event, upper_event, where)
                 union = inside if union is None else events.elementwise(events.dnf_or, union, inside, where)
             return Handle(shape, jnp.bool_, "events", {"events": union}, where)
-        margin = sign * (fn(mean) - threshold)
-        at_mean = margin > 0 if strict else margin >= 0
-        if family == "mean":
-            p = at_mean.astype(mean.dtype)
-        else:
-            p = interval_probability(lower, upper, mean, var, at_mean)
-        zero = jnp.zeros(shape, jnp.bool_)
+        p = interval_probability(lower, upper, mean, var, at_mean)
         return Handle(shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
 
     # --- rules --------------------------------------------------------------------------

@@ -73,6 +73,15 @@ def check_affine(eqn, random_positions: Sequence[int], where: str) -> None:
         )
 
 
+def is_affine(eqn, random_positions: Sequence[int]) -> bool:
+    """Whether ``eqn`` is affine in the operands at ``random_positions`` (see :func:`check_affine`)."""
+    try:
+        check_affine(eqn, random_positions, "")
+    except UnsupportedPrimitiveError:
+        return False
+    return True
+
+
 def bind_with(eqn, values: list, random_positions: Sequence[int]) -> Callable:
     """``fn(*random_values)``: the equation with its constant operands closed over."""
 
