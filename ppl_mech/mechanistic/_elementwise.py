@@ -34,6 +34,7 @@ import numpy as np
 from ppl_mech.rules.gauss_hermite import gauss_hermite_rule
 from ppl_mech.rules.mehler import truncated_mehler_covariance
 
+from ._level_sets import implicit_crossing
 from ._linear import affine_image
 from ._state import Handle, State, variance_of
 from ._thresholds import relu_preimage
@@ -150,6 +151,8 @@ def monotone_crossing(fn: Callable, threshold, direction: int, mean, variance, h
 
     Bisection under ``jit`` over the base's ``mean +- 40 sd``; outside that bracket the
     event is certain or impossible to float precision (``c`` is then the bracket's end).
+    ``c`` does not move with the base's moments; its gradient in ``t`` and in parameters
+    inside ``f`` is the implicit function theorem's (:func:`implicit_crossing`).
     """
     sd = jnp.sqrt(jnp.maximum(variance, 0.0)) + 1e-30
     lo, hi = mean - 40.0 * sd, mean + 40.0 * sd
@@ -165,7 +168,9 @@ def monotone_crossing(fn: Callable, threshold, direction: int, mean, variance, h
         return jnp.where(up, a, mid), jnp.where(up, mid, b)
 
     a, b = jax.lax.fori_loop(0, halvings, halve, (lo, hi))
-    return jnp.where(above(lo), lo, jnp.where(above(hi), 0.5 * (a + b), hi))
+    inside = ~above(lo) & above(hi)  # a crossing within the bracket: differentiable in f and t
+    crossing = jax.lax.stop_gradient(jnp.where(above(lo), lo, jnp.where(above(hi), 0.5 * (a + b), hi)))
+    return jnp.where(inside, implicit_crossing(fn, threshold, crossing), crossing)
 
 
 def _monotone_step(eqn, values, positions, incoming) -> int:

@@ -8,6 +8,15 @@ probability with the correlations the message knows: exact 1-D and 2-D
 formulas, minimax tilting (Botev 2017) beyond. Never an independence
 assumption.
 
+Literals on one scalar: a margin made as ``sigma * (x - c)`` from a value ``x``
+(``x > t``, ``t > x``, a monotone chain's crossing, a level set's interval
+ends) remembers ``x`` and ``c`` (its ``shift``). Literals of one unit of one
+``x`` are then one coordinate with lower and upper bounds: a detector on a
+single scalar (``abs(y) > t``, a band ``(y > a) & (y < b)``) is an exact union
+of normal intervals, and a conjunction is a box on distinct coordinates,
+instead of a degenerate polytope (perfectly correlated rows) whose gradient
+is NaN.
+
 Under the independence families a boolean unit is a two-point law (``p`` of
 being true): ``and`` multiplies, ``or`` complements the product of
 complements, ``all``/``any`` reduce likewise, and the result says so.
@@ -28,6 +37,11 @@ from ._state import Handle, State
 MAX_CONJUNCTIONS = 256
 TRUE = ((),)
 FALSE = ()
+
+
+def shift_of(source: Handle, sigma: int, offset) -> tuple[int, int, object]:
+    """The ``shift`` tag of a margin ``sigma * (source - offset)`` (offset: the margin's shape)."""
+    return source.id, int(sigma), jnp.reshape(jnp.asarray(offset), (-1,))
 
 
 def literal_events(margin: Handle, sign: int) -> np.ndarray:
@@ -141,6 +155,9 @@ def probability(state: State, dnf, margins: dict[int, Handle], *, key, num_sampl
         return jnp.zeros(()), jnp.zeros(())
     if dnf == TRUE:
         return jnp.ones(()), jnp.zeros(())
+    scalars = _scalars(dnf, margins)
+    if len({key for key, _, _ in scalars.values()}) < len(scalars):
+        return _bounded_probability(state, dnf, margins, scalars, key=key, num_samples=num_samples)
     atoms = sorted({(m, i) for conj in dnf for (m, i, _) in conj})
     position = {a: k for k, a in enumerate(atoms)}
     mean, cov = _joint_moments(state, atoms, margins)
@@ -167,3 +184,100 @@ def probability(state: State, dnf, margins: dict[int, Handle], *, key, num_sampl
         polytopes.append((jnp.asarray(a, mean.dtype), jnp.zeros(len(conj), mean.dtype)))
     r = gaussian_union_probability(polytopes, mean, cov, key=key, num_samples=num_samples)
     return r.probability, r.stderr
+
+
+def _scalars(dnf, margins: dict[int, Handle]) -> dict:
+    """Per atom ``(m, i)``: ``(scalar, sigma, offset)`` with ``margin = sigma * (scalar - offset)``.
+
+    ``scalar`` is ``(source id, unit)`` for a shift-tagged margin, else the atom itself
+    (``sigma = 1``, ``offset = 0``).
+    """
+    out = {}
+    for conj in dnf:
+        for m, i, _ in conj:
+            shift = margins[m].data.get("shift")
+            if shift is None:
+                out[(m, i)] = ((m, i), 1, 0.0)
+            else:
+                source, sigma, offset = shift
+                out[(m, i)] = ((source, i), sigma, offset[i])
+    return out
+
+
+def _bounded_probability(state: State, dnf, margins, scalars, *, key, num_samples: int):
+    """``(P, stderr)`` of a DNF some of whose literals share a scalar: bounds on coordinates.
+
+    Coordinate ``z`` is represented by one of its atoms ``r`` (``z = sigma_r * m_r + c_r``);
+    a literal ``s * sigma * (z - c) > 0`` is ``z > c`` or ``z < c``.
+    """
+    from ppl_mech._gaussian_polytope import gaussian_orthant_probability, gaussian_union_probability
+
+    representative = {}
+    for atom, (scalar, _, _) in sorted(scalars.items()):
+        representative.setdefault(scalar, atom)
+    coords = sorted(representative)
+    atoms = [representative[c] for c in coords]
+    m_mean, m_cov = _joint_moments(state, atoms, margins)
+    sig = jnp.asarray([scalars[a][1] for a in atoms], m_mean.dtype)
+    off = jnp.stack([jnp.asarray(scalars[a][2], m_mean.dtype) for a in atoms])
+    mean = sig * m_mean + off
+    cov = sig[:, None] * m_cov * sig[None, :]
+    dtype = mean.dtype
+
+    def box(conj):  # per coordinate: bounds, and (static) which of them the literals set
+        lower = [jnp.asarray(-jnp.inf, dtype)] * len(coords)
+        upper = [jnp.asarray(jnp.inf, dtype)] * len(coords)
+        has_lower, has_upper = [False] * len(coords), [False] * len(coords)
+        for m, i, s in conj:
+            scalar, sigma, c = scalars[(m, i)]
+            k = coords.index(scalar)
+            c = jnp.asarray(c, dtype)
+            if s * sigma > 0:
+                lower[k], has_lower[k] = jnp.maximum(lower[k], c), True
+            else:
+                upper[k], has_upper[k] = jnp.minimum(upper[k], c), True
+        return jnp.stack(lower), jnp.stack(upper), has_lower, has_upper
+
+    boxes = [box(conj) for conj in dnf]
+    if len(coords) == 1:
+        lower = jnp.stack([b[0][0] for b in boxes])
+        upper = jnp.stack([b[1][0] for b in boxes])
+        return interval_union_probability(lower, upper, mean[0], cov[0, 0]), jnp.zeros((), dtype)
+    if len(boxes) == 1:
+        lower, upper = boxes[0][:2]
+        r = gaussian_orthant_probability(lower, jnp.maximum(upper, lower), mean, cov, key=key,
+                                         num_samples=num_samples)
+        return r.probability, r.stderr
+    polytopes = []
+    eye = np.eye(len(coords))
+    for lower, upper, has_lower, has_upper in boxes:  # A x <= b, one row per bound a literal set
+        rows = [(-eye[k], -lower[k]) for k in range(len(coords)) if has_lower[k]]
+        rows += [(eye[k], upper[k]) for k in range(len(coords)) if has_upper[k]]
+        a = jnp.asarray(np.stack([r for r, _ in rows]), dtype)
+        polytopes.append((a, jnp.stack([b for _, b in rows])))
+    r = gaussian_union_probability(polytopes, mean, cov, key=key, num_samples=num_samples)
+    return r.probability, r.stderr
+
+
+def interval_union_probability(lower, upper, mean, variance):
+    """``P[z in union_k (lower_k, upper_k)]`` for ``z ~ N(mean, variance)``; the intervals may overlap.
+
+    Exact: sorted by lower end, each interval adds the part beyond every earlier interval's
+    upper end. Upper tails are used above the mean so far-tail intervals keep their digits.
+    """
+    sd = jnp.sqrt(jnp.maximum(variance, 0.0))
+    safe = jnp.where(sd > 0, sd, 1.0)
+    upper = jnp.maximum(upper, lower)  # an empty interval adds nothing
+    order = jnp.argsort(lower)
+    lower, upper = lower[order], upper[order]
+    reach = jnp.concatenate([jnp.full((1,), -jnp.inf, lower.dtype), jax.lax.cummax(upper)[:-1]])
+
+    def standardized(end):  # infinite ends stay infinite, without an inf * 0 in the gradient
+        finite = jnp.isfinite(end)
+        return jnp.where(finite, (jnp.where(finite, end, 0.0) - mean) / safe, end)
+
+    a, b = standardized(jnp.maximum(lower, reach)), standardized(jnp.maximum(upper, reach))
+    cdf = jax.scipy.special.ndtr
+    p = jnp.sum(jnp.where(a > 0, cdf(-a) - cdf(-b), cdf(b) - cdf(a)))
+    at_mean = jnp.any((lower < mean) & (mean < upper)).astype(lower.dtype)
+    return jnp.where(sd > 0, jnp.clip(p, 0.0, 1.0), at_mean)

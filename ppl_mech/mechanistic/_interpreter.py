@@ -539,6 +539,7 @@ class Interpreter:
         # f(z) > t  <=>  z > crossing (direction > 0) or z < crossing (direction < 0), per unit
         sign = COMPARISONS[name] * (1 if position == 0 else -1) * direction
         m = affine_image(self.state, lambda z: z - crossing, [base], where, lambda v: v)
+        m.data["shift"] = events.shift_of(base, 1, crossing)
         self.state.note(f"{where}: a comparison of a monotone elementwise function, decided on its "
                         "Gaussian input by inverting the threshold")
         return self.margin_event(m, sign, shape, where)
@@ -570,6 +571,8 @@ class Interpreter:
             for k in range(LEVEL_SET_SLOTS):
                 above = affine_image(self.state, lambda z, c=lower[k]: z - c, [base], where, lambda v: v)
                 below = affine_image(self.state, lambda z, c=upper[k]: z - c, [base], where, lambda v: v)
+                above.data["shift"] = events.shift_of(base, 1, lower[k])
+                below.data["shift"] = events.shift_of(base, 1, upper[k])
                 lower_event = self.margin_event(above, 1, shape, where).data["events"]
                 upper_event = self.margin_event(below, -1, shape, where).data["events"]
                 inside = events.elementwise(events.dnf_and, lower_event, upper_event, where)
@@ -628,7 +631,12 @@ class Interpreter:
                 out = out + jnp.broadcast_to(v, shape)
             return out
 
-        return affine_image(self.state, diff, inputs, where, var_fn), sign
+        m = affine_image(self.state, diff, inputs, where, var_fn)
+        source = inputs[0]
+        if len(random) == 1 and tuple(source.shape) == tuple(shape):  # x - t or t - x, unit by unit
+            constant = jnp.broadcast_to(jnp.asarray(vals[1 - random[0]], dtype), shape)
+            m.data["shift"] = events.shift_of(source, 1 if random[0] == 0 else -1, constant)
+        return m, sign
 
     def compare(self, eqn, values, random, where) -> Handle:
         name = eqn.primitive.name

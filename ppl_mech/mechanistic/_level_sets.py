@@ -14,6 +14,13 @@ event has probability below 1e-32 and is ignored; intervals narrower than the
 grid step (``24 sd / GRID``) can be missed. A unit with more than ``SLOTS``
 intervals (``cos(3 y) > 0.9``) keeps its ``SLOTS`` most probable ones (by the
 grid's normal density) and the count of dropped intervals is reported.
+
+Gradients: a crossing ``c`` solves ``f(c) = t`` and does not depend on ``z``'s
+mean or variance, but bisection between grid points (which move with them)
+would say it does, and give every threshold probability a zero gradient.
+:func:`implicit_crossing` cuts that path and differentiates ``c`` by the
+implicit function theorem, ``dc = -(df(c) - dt) / f'(c)``, so gradients reach
+the base's moments, the threshold and any parameter inside ``f``.
 """
 
 from __future__ import annotations
@@ -59,16 +66,42 @@ def level_set_intervals(fn: Callable, threshold, sign: int, mean, variance, *, s
         return jnp.stack([jnp.reshape(inside(jnp.reshape(points[:, k], shape)), (-1,))
                           for k in range(SLOTS)], axis=1)
 
+    def implicit(points):  # (units, SLOTS) crossings -> the same values, differentiable in f and t
+        return jnp.stack([jnp.reshape(implicit_crossing(fn, threshold, jnp.reshape(points[:, k], shape)),
+                                      (-1,)) for k in range(SLOTS)], axis=1)
+
     mean_flat, sd_flat = jnp.reshape(mean, (-1, 1)), jnp.reshape(sd, (-1, 1))
-    a = _crossing(fn_flat, at(g_start - 1), at(g_start), rising=True)
+    a = implicit(_crossing(fn_flat, at(g_start - 1), at(g_start), rising=True))
     a = jnp.where(g_start == 0, mean_flat - OPEN_END * sd_flat, a)
-    b = _crossing(fn_flat, at(g_end), at(g_end + 1), rising=False)
+    b = implicit(_crossing(fn_flat, at(g_end), at(g_end + 1), rising=False))
     b = jnp.where(g_end == GRID - 1, mean_flat + OPEN_END * sd_flat, b)
     empty = mean_flat + OPEN_END * sd_flat
     lower = jnp.where(present, a, empty).T.reshape((SLOTS,) + shape)
     upper = jnp.where(present, b, empty).T.reshape((SLOTS,) + shape)
+    # a zero-variance unit is a point: one interval around it if the event holds there, else none
+    flat = jnp.reshape(variance <= 0, (1,) + shape)
+    first = jnp.reshape(jnp.arange(SLOTS) == 0, (SLOTS,) + (1,) * len(shape))
+    keep = first & inside(mean)[None]
+    lower = jnp.where(flat, jnp.where(keep, mean - 1.0, mean + 1.0), lower)
+    upper = jnp.where(flat, mean + 1.0, upper)
     dropped = jnp.max(jnp.maximum(count - SLOTS, 0))
     return lower, upper, dropped
+
+
+def implicit_crossing(fn: Callable, threshold, crossing):
+    """``crossing`` (a numerical root of ``f(c) = t``, unit by unit) with implicit-function gradients.
+
+    The value is ``crossing`` unchanged; its derivative is ``-(df(c) - dt) / f'(c)`` with ``f``
+    differentiated in everything it closes over. Where ``f'(c)`` is 0 or not finite (a flat or
+    saturated stretch, or a crossing pinned at its bracket's end) the crossing has no gradient.
+    """
+    c = jax.lax.stop_gradient(crossing)
+    value, slope = jax.jvp(fn, (c,), (jnp.ones_like(c),))
+    slope = jax.lax.stop_gradient(slope)
+    usable = jnp.isfinite(slope) & (jnp.abs(slope) > 0) & jnp.isfinite(value)
+    step = -(value - threshold) / jnp.where(usable, slope, 1.0)
+    step = jnp.where(usable, step, 0.0)
+    return c + (step - jax.lax.stop_gradient(step))
 
 
 def _largest_intervals(grid_inside, u):
@@ -81,7 +114,8 @@ def _largest_intervals(grid_inside, u):
     segment = jnp.where(grid_inside, run, unused)
     log_density = jnp.where(grid_inside, -0.5 * u**2, -jnp.inf)
     peak = jax.ops.segment_max(log_density, segment, GRID)
-    total = jax.ops.segment_sum(jnp.where(grid_inside, jnp.exp(log_density - peak[segment]), 0.0),
+    finite_peak = jnp.where(jnp.isfinite(peak), peak, 0.0)  # no -inf - -inf on empty segments
+    total = jax.ops.segment_sum(jnp.where(grid_inside, jnp.exp(log_density - finite_peak[segment]), 0.0),
                                 segment, GRID)
     score = jnp.where(total > 0, peak + jnp.log(jnp.where(total > 0, total, 1.0)), -jnp.inf)
     score = score.at[unused].set(-jnp.inf)
