@@ -212,6 +212,20 @@ def test_user_score_site_and_unknown_margin():
     _within(r["catastrophe"], exact)
 
 
+def test_sites_the_proposal_was_not_fitted_to_say_so():
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("catastrophe", x[0] > 4.0)
+        numpyro.deterministic("other", x[1] > 4.0)
+
+    r = handlers.importance(model, proposal="itgis", num_samples=2**10, rng_key=KEY)()
+    assert not any("not to this site" in n for n in r["catastrophe"].notes)
+    assert any("fitted to 'catastrophe', not to this site" in n for n in r["other"].notes)
+    given = handlers.importance(model, proposal={"x": dist.Normal(0.0, 2.0).expand([2]).to_event(1)},
+                                num_samples=2**10, rng_key=KEY)()
+    assert not any("not to this site" in n for n in given["other"].notes)
+
+
 # ---------------------------------------------------------------- errors
 
 

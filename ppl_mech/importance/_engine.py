@@ -256,8 +256,12 @@ def weighted_estimates(
     method: str,
     diagnostics: dict | None = None,
     notes: Sequence[str] = (),
+    fitted_to_target: bool = True,
 ) -> dict[str, SiteResult]:
-    """Importance-sampling estimates of ``ctx.sites`` with ``draw(problem, params, key) -> (x, log w)``."""
+    """Importance-sampling estimates of ``ctx.sites`` with ``draw(problem, params, key) -> (x, log w)``.
+
+    ``fitted_to_target``: the proposal was fitted to ``ctx.target`` (every other site gets a note).
+    """
     sites = ctx.sites
     chunk = ctx.chunk_size or choose_chunk(sites, num_samples)
 
@@ -350,6 +354,12 @@ def weighted_estimates(
             terms = np.concatenate(acc.log_terms)
             diag["khat_site"] = pareto_khat(terms)
             diag["ess_site"] = effective_sample_size(terms)
+        if fitted_to_target and name != ctx.target:
+            site_notes.append(
+                f"{name}: reweighted from a proposal fitted to {ctx.target!r}, not to this site; its "
+                "standard error holds only if the weights suit it too (see diagnostics['ess_site'] / "
+                "['khat_site'] for scalar sites; estimate it with target=" + repr(name) + " to be sure)"
+            )
         khat_here = diag.get("khat_site", khat)
         if khat_here > KHAT_RELIABLE and not no_events:
             site_notes.append(

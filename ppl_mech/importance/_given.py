@@ -139,4 +139,4 @@ def run_given(ctx: Context, proposals: Mapping[str, dist.Distribution], *, num_s
         return values, log_w
 
     return weighted_estimates(ctx, draw, None, num_samples=num_samples, key=ctx.key(3),
-                              method="importance[given]")
+                              method="importance[given]", fitted_to_target=False)
