@@ -123,3 +123,25 @@ def test_a_threshold_of_a_max_is_any_unit_above_it():
         assert float(r["min_above"].value) == pytest.approx(stats.norm.cdf(1.0) ** 6, rel=1e-3)
         # a union of three polytopes: the gaussian family estimates it by (quasi) Monte Carlo
         np.testing.assert_allclose(np.asarray(r["rows"].value), 1 - stats.norm.cdf(2.0) ** 3, rtol=1e-2)
+
+
+def test_max_pooling_thresholds_are_any_of_the_window():
+    """A pooled unit (reshape + max, or ``reduce_window``), indexed after the pool, is any of its window."""
+    kernel = jnp.asarray(np.random.default_rng(0).standard_normal((2, 1, 3, 3)) / 3.0, jnp.float32)
+
+    def convnet(t):
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([1, 1, 6, 6]).to_event(4))
+        pre = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME")
+        h = jax.nn.relu(pre)
+        pooled = h.reshape(1, 2, 3, 2, 3, 2).max(axis=(3, 5))
+        window = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+        numpyro.deterministic("pooled", pooled[0, 1, 1, 2] > t)
+        numpyro.deterministic("window", window.reshape(-1)[2 * 9 // 2 + 5] > t)
+        numpyro.deterministic("direct", (pre[0, 1, 2:4, 4:6] > t).any())
+
+    for family in ("gaussian", "diagonal"):
+        r = handlers.mechanize(convnet, family=family)(2.5)
+        direct = float(r["direct"].value)
+        assert 1e-4 < direct < 1e-1
+        assert float(r["pooled"].value) == pytest.approx(direct, rel=1e-6)
+        assert float(r["window"].value) == pytest.approx(direct, rel=1e-6)

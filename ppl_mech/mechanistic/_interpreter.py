@@ -53,6 +53,56 @@ STRUCTURAL = {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dim
               "dynamic_update_slice", "convert_element_type"}
 
 
+EXTREMA = {"reduce_max": "reduce_max", "reduce_min": "reduce_min",
+           "reduce_window_max": "reduce_max", "reduce_window_min": "reduce_min"}
+"""Reductions whose threshold is any/all of their units' thresholds, and which of max/min each is."""
+
+
+def extremum_groups(eqn, shape) -> np.ndarray | None:
+    """Flat source units of each output unit of a max/min, shape ``out_shape + (group,)``.
+
+    ``None`` for a window the rule cannot enumerate (base dilation, or a window of padding only).
+    """
+    units = np.arange(math.prod(shape)).reshape(shape)
+    if "axes" in eqn.params:
+        axes = tuple(eqn.params["axes"])
+        moved = np.moveaxis(units, axes, tuple(range(len(shape) - len(axes), len(shape))))
+        group = math.prod(shape[a] for a in axes)
+        return moved.reshape(moved.shape[: len(shape) - len(axes)] + (group,))
+    p = eqn.params
+    if any(d != 1 for d in p["base_dilation"]):
+        return None
+    coords, valid = [], []
+    for d, size in enumerate(shape):
+        window, stride, dilation = p["window_dimensions"][d], p["window_strides"][d], p["window_dilation"][d]
+        lo, hi = p["padding"][d]
+        out = (size + lo + hi - (window - 1) * dilation - 1) // stride + 1
+        c = np.arange(out)[:, None] * stride + np.arange(window)[None, :] * dilation - lo
+        coords.append(c)
+        valid.append((c >= 0) & (c < size))
+    n = len(shape)
+    out_shape = tuple(c.shape[0] for c in coords)
+    window_shape = tuple(c.shape[1] for c in coords)
+    full = out_shape + window_shape
+
+    def spread(arr, d):  # (out_d, window_d) -> broadcastable over out dims then window dims
+        index = [1] * (2 * n)
+        index[d], index[n + d] = arr.shape
+        return arr.reshape(index)
+
+    ok = np.ones(full, bool)
+    flat = np.zeros(full, np.int64)
+    for d in range(n):
+        ok = ok & spread(valid[d], d)
+        flat = flat * shape[d] + np.clip(spread(coords[d], d), 0, shape[d] - 1)
+    ok = ok.reshape(out_shape + (-1,))
+    flat = flat.reshape(out_shape + (-1,))
+    if not ok.any(axis=-1).all():
+        return None
+    first = np.take_along_axis(flat, np.argmax(ok, axis=-1)[..., None], axis=-1)
+    return np.where(ok, flat, first)  # padding is never the max: repeat a real unit instead
+
+
 _ENCLOSING_CALLS: list[str] = []  # "'name' at file:line" of the calls being interpreted
 
 
@@ -365,12 +415,17 @@ class Interpreter:
 
     def defer(self, eqn, values, random, where, *, note: bool = True) -> list[Handle]:
         outs = deferred.defer(eqn, values, random, where)
-        if eqn.primitive.name in ("reduce_max", "reduce_min") and len(random) == 1 and \
-                values[random[0]].kind in ("moments", "lazy"):
-            # max(x) > t is any(x > t): kept exact if a comparison reads the max directly
+        name = eqn.primitive.name
+        if name in EXTREMA and len(random) == 1 and values[random[0]].kind in ("moments", "lazy"):
+            # max(x) > t is any(x > t): kept exact if a comparison reads the max (or units of it)
             source = values[random[0]]
-            self.hold(source)
-            outs[0].data["extremum"] = (eqn.primitive.name, source, tuple(eqn.params["axes"]))
+            groups = extremum_groups(eqn, source.shape)
+            if groups is not None:
+                self.hold(source)
+                axes = tuple(eqn.params["axes"]) if "axes" in eqn.params else None
+                outs[0].data["extremum"] = (EXTREMA[name], source, axes, groups)
+        elif name in STRUCTURAL and len(random) == 1 and "extremum" in values[random[0]].data:
+            self.carry_extremum(eqn, values, random[0], outs[0])
         if note:
             self.state.note(deferred.DEFER_NOTE.format(where=where, name=eqn.primitive.name,
                                                        points=deferred.LINEARIZATION_POINTS))
@@ -391,20 +446,66 @@ class Interpreter:
             self.release(extremum[1])
         return h
 
+    def carry_extremum(self, eqn, values, position: int, out: Handle) -> None:
+        """Let a data-movement primitive on a max/min carry which source units each output unit maxes."""
+        kind, source, _, groups = values[position].data["extremum"]
+        constants = set(range(len(values))) - {position}
+        if not constants <= set(self._index_ops(eqn)) or \
+                any(isinstance(values[i], jax.core.Tracer) for i in constants):
+            return  # mixes in constants, or indices not known while tracing: the max stays a closure
+        if eqn.primitive.name == "convert_element_type" and not jnp.issubdtype(
+                eqn.params["new_dtype"], jnp.floating):
+            return
+        with jax.ensure_compile_time_eval():
+            units = jnp.arange(values[position].size, dtype=jnp.float32).reshape(values[position].shape)
+            moved = bind_with(eqn, values, [position])(units)
+            index = np.asarray(jnp.reshape(moved, (-1,))).astype(np.int64)
+        flat = groups.reshape(-1, groups.shape[-1])[index]
+        self.hold(source)
+        out.data["extremum"] = (kind, source, None, flat.reshape(tuple(out.shape) + (groups.shape[-1],)))
+
     def compare_extremum(self, eqn, values, position: int, where: str) -> Handle:
-        """``max(x) > t`` as ``any(x > t)`` (``< t``: ``all``; ``min`` the other way round)."""
+        """``max(x) > t`` as ``any(x > t)`` (``< t``: ``all``; ``min`` the other way round).
+
+        The max may be a reduction over axes, a pooling window (``reduce_window_max``), or
+        units of either moved by slices and reshapes: each output unit knows its group of
+        source units.
+        """
         name = eqn.primitive.name
-        kind, source, axes = values[position].data["extremum"]
+        kind, source, axes, groups = values[position].data["extremum"]
         out_aval = eqn.outvars[0].aval
         upper = COMPARISONS[name] * (1 if position == 0 else -1) > 0  # extremum > t
         flipped = {"gt": "lt", "lt": "gt", "ge": "le", "le": "ge"}[name]
         unit_name = name if position == 0 else flipped  # written as ``x <op> t``
-        t = jnp.broadcast_to(jnp.asarray(values[1 - position]), out_aval.shape)
-        t = jnp.broadcast_to(jnp.expand_dims(t, axes), source.shape) if axes else t
-        per_unit = self.compare(_Synthetic(unit_name, source.shape, jnp.bool_), [source, t], [0], where)
         reduce = "reduce_or" if (kind == "reduce_max") == upper else "reduce_and"
         self.state.note(f"{where}: a threshold of a max/min, decided unit by unit (any/all)")
-        return self.discrete(_Synthetic(reduce, out_aval.shape, jnp.bool_, axes=axes), [per_unit], [0], where)
+        t = jnp.broadcast_to(jnp.asarray(values[1 - position]), out_aval.shape)
+        if axes is not None:  # the reduction itself: compare the source as it is (chain rules apply)
+            t = jnp.broadcast_to(jnp.expand_dims(t, axes), source.shape) if axes else t
+            per_unit = self.compare(_Synthetic(unit_name, source.shape, jnp.bool_), [source, t], [0], where)
+            return self.discrete(_Synthetic(reduce, out_aval.shape, jnp.bool_, axes=axes), [per_unit], [0],
+                                 where)
+        gathered = self.gather_units(source, groups, where)
+        t = jnp.broadcast_to(t[..., None], groups.shape)
+        per_unit = self.compare(_Synthetic(unit_name, groups.shape, jnp.bool_), [gathered, t], [0], where)
+        self.release(gathered)
+        last = (len(groups.shape) - 1,)
+        return self.discrete(_Synthetic(reduce, out_aval.shape, jnp.bool_, axes=last), [per_unit], [0], where)
+
+    def gather_units(self, source: Handle, groups: np.ndarray, where: str) -> Handle:
+        """``source.ravel()[groups]`` as a message (a ReLU preimage follows the units)."""
+        src = self.moments(source, where)
+        flat = groups.reshape(-1)
+
+        def take(z):
+            return jnp.reshape(jnp.reshape(z, (-1,))[flat], groups.shape)
+
+        out = affine_image(self.state, take, [src], where, take)
+        self.refs[out.id] = 1
+        if "preimage" in src.data:
+            out.data["preimage"] = src.data["preimage"].select(flat)
+            self.hold(out.data["preimage"].base)
+        return out
 
     def leave_categorical(self, x, where: str, independent: bool = False):
         """A categorical operand of an op that mixes tokens: exact moments, or a two-point law.
