@@ -146,7 +146,8 @@ def _log_box_2d(l1, u1, l2, u2, rho):
     dtype = jnp.result_type(l1, u1, l2, u2, rho)
     drop = _LEVEL_DROP.get(jnp.dtype(dtype).itemsize, 45.0)
     rho = jnp.clip(rho, -1.0, 1.0)
-    c = jnp.sqrt((1.0 - jnp.abs(rho)) / 2.0)  # small coefficient, on the outer coordinate
+    tiny = jnp.finfo(dtype).tiny  # |rho| = 1: c = 0 with a finite (zero) derivative, not inf * 0
+    c = jnp.sqrt(jnp.maximum((1.0 - jnp.abs(rho)) / 2.0, tiny))  # small coefficient, outer coordinate
     d = jnp.sqrt((1.0 + jnp.abs(rho)) / 2.0)  # large coefficient (>= 1/sqrt 2), inner
     # z1 = d*inner + c*outer ; z2 = sign(rho)*(d*inner - c*outer) for rho >= 0 rotated;
     # for rho < 0 flip z2 -> -z2 (bounds swap and negate), which makes rho positive.
@@ -330,7 +331,8 @@ def gaussian_polytope_probability(
 def _psd_factor(cov):
     """F with F F^T = cov for PSD (possibly singular) cov, via eigh."""
     vals, vecs = jnp.linalg.eigh(cov)
-    return vecs * jnp.sqrt(jnp.maximum(vals, 0.0))[None, :]
+    tiny = jnp.finfo(vals.dtype).tiny  # a zero eigenvalue: no infinite sqrt derivative
+    return vecs * jnp.sqrt(jnp.maximum(vals, tiny))[None, :]
 
 
 def _pivot_rows(plan):

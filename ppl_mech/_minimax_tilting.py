@@ -28,8 +28,10 @@ in four steps, all in JAX (jit-able, float32/float64, differentiable):
    importance weights whose mean is the probability.
 
 Gradients flow through the factorisation and the reparameterised samples
-(fixed uniforms), so ``jax.grad`` of the estimate is an unbiased estimate of
-the gradient of the probability (common random numbers).
+(fixed uniforms), so ``jax.grad`` of one polytope's estimate is an unbiased
+estimate of the gradient of its probability (common random numbers). Not so
+for a *union* of polytopes (``gaussian_union_probability``): its weights jump
+where draws cross other polytopes' faces, and the pathwise gradient is biased.
 """
 
 from __future__ import annotations

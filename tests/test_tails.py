@@ -233,6 +233,10 @@ def test_cumulant_series_saddlepoint_and_its_flags():
     assert status[3] == 0 and np.isfinite(p[3])
     assert status[4] & NO_SADDLEPOINT and np.isnan(p[4])
     assert "no real saddlepoint on the convex branch of the CGF" in describe_status(status[4])
+    # no saddlepoint: the gradient is NaN too, not a silent zero step for an optimiser
+    grad = jax.grad(lambda t: saddlepoint_tail_from_cumulants(
+        t[None], jnp.array([[0.0, 1.0, 0.0, -0.5]])).probability[0])(jnp.asarray(1.01 * t_max))
+    assert np.isnan(float(grad))
     assert status[5] & INCONSISTENT_CUMULANTS
     # the quartic series of a gamma is close to the exact CGF near the bulk, far off in the tail
     rel = p[6:] / np.array([1e-2, 1e-5]) - 1

@@ -87,3 +87,37 @@ def test_overlapping_intervals_are_not_counted_twice(x64):
 
     value = handlers.mechanize(overlap, family="gaussian")()["either"].value
     assert float(value) == pytest.approx(float(ndtr(1.0)), rel=1e-10)  # y > -1
+
+
+def test_two_slices_of_one_unit_are_one_scalar():
+    """``(o[0] > a) & (o[0] < b)``: two slice equations, one unit; not a polytope with rho = -1 (NaN)."""
+    w = jnp.array([[0.5, -0.3], [0.2, 0.8]])
+
+    def band(mu):
+        x = numpyro.sample("x", dist.Normal(mu, 1.0).to_event(1))
+        o = jnp.tanh(x) @ w
+        numpyro.deterministic("twice", (o[0] > 0.3) & (o[0] < 0.9))
+        numpyro.deterministic("outside", (o[0] > 0.9) | (o[0] < 0.3))
+        o0 = o[0]
+        numpyro.deterministic("once", (o0 > 0.3) & (o0 < 0.9))
+
+    mu = jnp.array([0.1, -0.2])
+    values, grads = {}, {}
+    for site in ("twice", "outside", "once"):
+        est = handlers.mechanize(band, family="gaussian", sites=[site])
+        values[site] = float(est(mu)[site].value)
+        grads[site] = np.asarray(jax.grad(lambda m, s=site, e=est: e(m)[s].value)(mu))
+    assert np.all(np.isfinite(grads["twice"]))
+    assert values["twice"] == pytest.approx(values["once"], rel=1e-6)
+    assert values["outside"] == pytest.approx(1 - values["once"], rel=1e-5)
+    np.testing.assert_allclose(grads["twice"], grads["once"], rtol=1e-5)
+    np.testing.assert_allclose(grads["outside"], -grads["once"], rtol=1e-5)
+
+
+def test_unions_of_polytopes_say_their_gradient_is_biased():
+    def either():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("or", (x[0] > 2.0) | (x[1] > 2.0))
+
+    r = handlers.mechanize(either, family="gaussian")()["or"]
+    assert any("its jax.grad is biased" in note for note in r.notes)

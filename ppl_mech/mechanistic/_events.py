@@ -39,9 +39,14 @@ TRUE = ((),)
 FALSE = ()
 
 
-def shift_of(source: Handle, sigma: int, offset) -> tuple[int, int, object]:
-    """The ``shift`` tag of a margin ``sigma * (source - offset)`` (offset: the margin's shape)."""
-    return source.id, int(sigma), jnp.reshape(jnp.asarray(offset), (-1,))
+def shift_of(source: Handle, sigma: int, offset) -> tuple[int, np.ndarray, int, object]:
+    """The ``shift`` tag of a margin ``sigma * (source - offset)`` (offset: the margin's shape).
+
+    ``source`` is named by the value and units it was sliced from (``units_of``), so that
+    literals on two slices of one unit share their scalar.
+    """
+    root, units = source.data.get("units_of", (source.id, np.arange(source.size)))
+    return root, units, int(sigma), jnp.reshape(jnp.asarray(offset), (-1,))
 
 
 def literal_events(margin: Handle, sign: int) -> np.ndarray:
@@ -147,9 +152,25 @@ def _joint_moments(state: State, atoms, margins: dict[int, Handle]):
     return mean, cov
 
 
+UNION_GRADIENT_NOTE = (
+    "a union of {count} polytopes (an or/any/max of detectors), estimated by mixture importance "
+    "sampling: the value is unbiased, but its jax.grad is biased (by 5-17% in tests): the weights jump "
+    "where the reparameterised draws cross the other polytopes' faces, which the pathwise derivative "
+    "misses"
+)
+
+
+def _union(state: State, polytopes, mean, cov, *, key, num_samples: int):
+    from ppl_mech._gaussian_polytope import gaussian_union_probability
+
+    state.note(UNION_GRADIENT_NOTE.format(count=len(polytopes)))
+    r = gaussian_union_probability(polytopes, mean, cov, key=key, num_samples=num_samples)
+    return r.probability, r.stderr
+
+
 def probability(state: State, dnf, margins: dict[int, Handle], *, key, num_samples: int):
     """``(P, stderr)`` of one DNF under the joint Gaussian of its margins."""
-    from ppl_mech._gaussian_polytope import gaussian_orthant_probability, gaussian_union_probability
+    from ppl_mech._gaussian_polytope import gaussian_orthant_probability
 
     if dnf == FALSE:
         return jnp.zeros(()), jnp.zeros(())
@@ -182,8 +203,7 @@ def probability(state: State, dnf, margins: dict[int, Handle], *, key, num_sampl
         for row, (m, i, s) in enumerate(conj):
             a[row, position[(m, i)]] = -s
         polytopes.append((jnp.asarray(a, mean.dtype), jnp.zeros(len(conj), mean.dtype)))
-    r = gaussian_union_probability(polytopes, mean, cov, key=key, num_samples=num_samples)
-    return r.probability, r.stderr
+    return _union(state, polytopes, mean, cov, key=key, num_samples=num_samples)
 
 
 def _scalars(dnf, margins: dict[int, Handle]) -> dict:
@@ -199,8 +219,8 @@ def _scalars(dnf, margins: dict[int, Handle]) -> dict:
             if shift is None:
                 out[(m, i)] = ((m, i), 1, 0.0)
             else:
-                source, sigma, offset = shift
-                out[(m, i)] = ((source, i), sigma, offset[i])
+                root, units, sigma, offset = shift
+                out[(m, i)] = ((root, int(units[i])), sigma, offset[i])
     return out
 
 
@@ -210,7 +230,7 @@ def _bounded_probability(state: State, dnf, margins, scalars, *, key, num_sample
     Coordinate ``z`` is represented by one of its atoms ``r`` (``z = sigma_r * m_r + c_r``);
     a literal ``s * sigma * (z - c) > 0`` is ``z > c`` or ``z < c``.
     """
-    from ppl_mech._gaussian_polytope import gaussian_orthant_probability, gaussian_union_probability
+    from ppl_mech._gaussian_polytope import gaussian_orthant_probability
 
     representative = {}
     for atom, (scalar, _, _) in sorted(scalars.items()):
@@ -255,8 +275,7 @@ def _bounded_probability(state: State, dnf, margins, scalars, *, key, num_sample
         rows += [(eye[k], upper[k]) for k in range(len(coords)) if has_upper[k]]
         a = jnp.asarray(np.stack([r for r, _ in rows]), dtype)
         polytopes.append((a, jnp.stack([b for _, b in rows])))
-    r = gaussian_union_probability(polytopes, mean, cov, key=key, num_samples=num_samples)
-    return r.probability, r.stderr
+    return _union(state, polytopes, mean, cov, key=key, num_samples=num_samples)
 
 
 def interval_union_probability(lower, upper, mean, variance):

@@ -339,6 +339,7 @@ class Interpreter:
         if name in LINEAR_PRIMITIVES:
             out = linear_rule(self.state, eqn, values, random, where)
             self.carry_preimage(eqn, values, random, out)
+            self.carry_units(eqn, values, random, out)
             if shadow is not None:
                 out.data["provenance"] = shadow
             return [out]
@@ -446,20 +447,46 @@ class Interpreter:
             self.release(extremum[1])
         return h
 
-    def carry_extremum(self, eqn, values, position: int, out: Handle) -> None:
-        """Let a data-movement primitive on a max/min carry which source units each output unit maxes."""
-        kind, source, _, groups = values[position].data["extremum"]
+    def moved_units(self, eqn, values, position: int) -> np.ndarray | None:
+        """For a data-movement primitive: the flat operand unit of each output unit (else None).
+
+        None when the primitive is not pure data movement of its one random operand (it mixes
+        in constants, converts to a non-float, or its indices are traced).
+        """
+        if eqn.primitive.name not in STRUCTURAL:
+            return None
         constants = set(range(len(values))) - {position}
         if not constants <= set(self._index_ops(eqn)) or \
                 any(isinstance(values[i], jax.core.Tracer) for i in constants):
-            return  # mixes in constants, or indices not known while tracing: the max stays a closure
+            return None
         if eqn.primitive.name == "convert_element_type" and not jnp.issubdtype(
                 eqn.params["new_dtype"], jnp.floating):
-            return
+            return None
         with jax.ensure_compile_time_eval():
             units = jnp.arange(values[position].size, dtype=jnp.float32).reshape(values[position].shape)
             moved = bind_with(eqn, values, [position])(units)
-            index = np.asarray(jnp.reshape(moved, (-1,))).astype(np.int64)
+            return np.asarray(jnp.reshape(moved, (-1,))).astype(np.int64)
+
+    def carry_units(self, eqn, values, random, out: Handle) -> None:
+        """Remember which units of which value a slice/reshape/gather output is (``units_of``).
+
+        Comparisons use it to see that ``o[0] > a`` and ``o[0] < b`` (two slices) are one scalar.
+        """
+        if len(random) != 1 or self.state.family != "gaussian":
+            return
+        index = self.moved_units(eqn, values, random[0])
+        if index is None:
+            return
+        source = values[random[0]]
+        root, units = source.data.get("units_of", (source.id, np.arange(source.size)))
+        out.data["units_of"] = (root, units[index])
+
+    def carry_extremum(self, eqn, values, position: int, out: Handle) -> None:
+        """Let a data-movement primitive on a max/min carry which source units each output unit maxes."""
+        kind, source, _, groups = values[position].data["extremum"]
+        index = self.moved_units(eqn, values, position)
+        if index is None:
+            return  # mixes in constants, or indices not known while tracing: the max stays a closure
         flat = groups.reshape(-1, groups.shape[-1])[index]
         self.hold(source)
         out.data["extremum"] = (kind, source, None, flat.reshape(tuple(out.shape) + (groups.shape[-1],)))

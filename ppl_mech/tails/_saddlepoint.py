@@ -277,8 +277,11 @@ def _lugannani_rice_scalar(cgf: CGF, t, order: int, max_iter: int, dtype):
     prob = jnp.where(small, prob_c, prob)
     log_prob = jnp.where(small, jnp.log(jnp.where(prob_c > 0, prob_c, 1.0)), log_prob)
 
-    prob = jnp.where(found, prob, jnp.nan)
-    log_prob = jnp.where(found, log_prob, jnp.nan)
+    # NaN where no saddlepoint was found, in the value *and* its gradient: a constant NaN branch
+    # would send a zero cotangent back (a silent zero step for an optimiser)
+    nan_unless_found = jnp.where(found, 1.0, jnp.nan)  # 1 where found: no 0 * NaN in that cotangent
+    prob = jnp.where(found, prob, prob * nan_unless_found)
+    log_prob = jnp.where(found, log_prob, log_prob * nan_unless_found)
     status = _status(
         (~good_var, INCONSISTENT_CUMULANTS),
         (~(have_bracket & path_ok), NO_SADDLEPOINT),
