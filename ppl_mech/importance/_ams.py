@@ -237,8 +237,8 @@ def _splitting(ctx, sites, n, kill, buffer, replicas, steps, step_size, fraction
                 go, regen, lambda _: (z, kk, c, s, u, killed, 0, evaluations), None
             )
             rate = accepted / jnp.maximum(k_j * steps, 1)
-            new_beta = jnp.clip(beta * jnp.exp(rate - 0.3), 0.02, 1.0)
-            log_factor = jnp.where(go, log_factor + jnp.log1p(-k_j / n), log_factor)
+            new_beta = jnp.clip(beta * jnp.exp(rate - 0.3), 0.02, 1.0).astype(beta.dtype)  # x64 too
+            log_factor = jnp.where(go, log_factor + jnp.log1p(-k_j / n), log_factor).astype(log_factor.dtype)
             return (nz, nk, nc, ns, nu, log_factor, jnp.where(go, new_beta, beta), count + 1,
                     finished | extinct_now, new_evals, extinct | extinct_now)
 

@@ -35,6 +35,8 @@ from ppl_mech._errors import UnsupportedPrimitiveError
 from ._state import Handle, State
 
 MAX_CONJUNCTIONS = 256
+MAX_DISJOINT_LITERALS = 16
+"""An or/any of up to this many single literals is split into disjoint orthants (exact gradient)."""
 TRUE = ((),)
 FALSE = ()
 
@@ -187,8 +189,8 @@ def probability(state: State, dnf, margins: dict[int, Handle], *, key, num_sampl
         std = jnp.sqrt(cov[0, 0])
         p = jax.scipy.special.ndtr(s * mean[0] / jnp.where(std > 0, std, 1.0))
         return jnp.where(std > 0, p, (s * mean[0] > 0).astype(mean.dtype)), jnp.zeros(())
-    if len(dnf) == 1:
-        conj = dnf[0]
+
+    def conjunction(conj, key):
         signs = jnp.asarray([s for (_, _, s) in conj], mean.dtype)
         rows = [position[(m, i)] for (m, i, _) in conj]
         z_mean = signs * mean[jnp.asarray(rows)]
@@ -197,6 +199,16 @@ def probability(state: State, dnf, margins: dict[int, Handle], *, key, num_sampl
         upper = jnp.full_like(z_mean, jnp.inf)
         r = gaussian_orthant_probability(lower, upper, z_mean, z_cov, key=key, num_samples=num_samples)
         return r.probability, r.stderr
+
+    if len(dnf) == 1:
+        return conjunction(dnf[0], key)
+    if all(len(conj) == 1 for conj in dnf) and len(dnf) <= MAX_DISJOINT_LITERALS:
+        # l_1 or ... or l_K  =  disjoint union of (l_k and not l_1 ... not l_{k-1}): K orthants,
+        # each with relative precision in the far tail and an unbiased pathwise gradient
+        literals = [conj[0] for conj in dnf]
+        parts = [conjunction(tuple(dict.fromkeys([lit] + [(m, i, -s) for (m, i, s) in literals[:k]])),
+                             jax.random.fold_in(key, k)) for k, lit in enumerate(literals)]
+        return sum(p for p, _ in parts), jnp.sqrt(sum(se**2 for _, se in parts))
     polytopes = []
     for conj in dnf:
         a = np.zeros((len(conj), len(atoms)))
