@@ -168,8 +168,10 @@ def monotone_crossing(fn: Callable, threshold, direction: int, mean, variance, h
         return jnp.where(up, a, mid), jnp.where(up, mid, b)
 
     a, b = jax.lax.fori_loop(0, halvings, halve, (lo, hi))
-    inside = ~above(lo) & above(hi)  # a crossing within the bracket: differentiable in f and t
-    crossing = jax.lax.stop_gradient(jnp.where(above(lo), lo, jnp.where(above(hi), 0.5 * (a + b), hi)))
+    low_end_above, high_end_above = above(lo), above(hi)
+    crossing = jax.lax.stop_gradient(
+        jnp.where(low_end_above, lo, jnp.where(high_end_above, 0.5 * (a + b), hi)))
+    inside = ~low_end_above & high_end_above  # a crossing within the bracket: differentiable in f and t
     return jnp.where(inside, implicit_crossing(fn, threshold, crossing), crossing)
 
 

@@ -179,7 +179,7 @@ def probability(state: State, dnf, margins: dict[int, Handle], *, key, num_sampl
     if dnf == TRUE:
         return jnp.ones(()), jnp.zeros(())
     scalars = _scalars(dnf, margins)
-    if len({key for key, _, _ in scalars.values()}) < len(scalars):
+    if len({scalar for scalar, _, _ in scalars.values()}) < len(scalars):  # literals sharing a scalar
         return _bounded_probability(state, dnf, margins, scalars, key=key, num_samples=num_samples)
     atoms = sorted({(m, i) for conj in dnf for (m, i, _) in conj})
     position = {a: k for k, a in enumerate(atoms)}

@@ -338,8 +338,11 @@ class Interpreter:
             return [self.product(values[random[0]], values[random[1]], where)]
         if name in LINEAR_PRIMITIVES:
             out = linear_rule(self.state, eqn, values, random, where)
-            self.carry_preimage(eqn, values, random, out)
-            self.carry_units(eqn, values, random, out)
+            wanted = len(random) == 1 and ("preimage" in values[random[0]].data
+                                           or self.state.family == "gaussian")
+            moved = self.moved_units(eqn, values, random[0]) if wanted else None
+            self.carry_preimage(eqn, values, random, out, moved)
+            self.carry_units(values, random, out, moved)
             if shadow is not None:
                 out.data["provenance"] = shadow
             return [out]
@@ -462,20 +465,19 @@ class Interpreter:
         if eqn.primitive.name == "convert_element_type" and not jnp.issubdtype(
                 eqn.params["new_dtype"], jnp.floating):
             return None
+        source = values[position]
         with jax.ensure_compile_time_eval():
-            units = jnp.arange(values[position].size, dtype=jnp.float32).reshape(values[position].shape)
+            units = jnp.arange(source.size, dtype=source.dtype).reshape(source.shape)
             moved = bind_with(eqn, values, [position])(units)
             return np.asarray(jnp.reshape(moved, (-1,))).astype(np.int64)
 
-    def carry_units(self, eqn, values, random, out: Handle) -> None:
+    def carry_units(self, values, random, out: Handle, index: np.ndarray | None) -> None:
         """Remember which units of which value a slice/reshape/gather output is (``units_of``).
 
-        Comparisons use it to see that ``o[0] > a`` and ``o[0] < b`` (two slices) are one scalar.
+        ``index``: :meth:`moved_units` of the equation. Comparisons use it to see that
+        ``o[0] > a`` and ``o[0] < b`` (two slices) are one scalar.
         """
-        if len(random) != 1 or self.state.family != "gaussian":
-            return
-        index = self.moved_units(eqn, values, random[0])
-        if index is None:
+        if index is None or self.state.family != "gaussian":
             return
         source = values[random[0]]
         root, units = source.data.get("units_of", (source.id, np.arange(source.size)))
@@ -597,30 +599,25 @@ class Interpreter:
         raise UnsupportedPrimitiveError(f"{where}: a {h.kind} value cannot be used as a number here")
 
     # --- ReLU preimages (see _thresholds) ------------------------------------------------
-    def carry_preimage(self, eqn, values, random, out: Handle) -> None:
-        """Let a data-movement primitive carry its operand's ReLU preimage to ``out``."""
+    def carry_preimage(self, eqn, values, random, out: Handle, index: np.ndarray | None) -> None:
+        """Let a data-movement primitive carry its operand's ReLU preimage to ``out``.
+
+        ``index``: :meth:`moved_units` of the equation (``None`` when it is not pure data movement).
+        """
         if len(random) != 1 or eqn.primitive.name not in STRUCTURAL:
             return
         source = values[random[0]]
         if "preimage" not in source.data:
             return
-        constants = set(range(len(values))) - set(random)
-        if not constants <= set(self._index_ops(eqn)):
-            # e.g. concatenated with constants: those units have no preimage
-            self.state.note(PREIMAGE_LOST.format(where=describe(eqn), why="it mixes in constant values"))
+        if index is None:  # say why, where the user could have kept it
+            constants = set(range(len(values))) - set(random)
+            if not constants <= set(self._index_ops(eqn)):
+                # e.g. concatenated with constants: those units have no preimage
+                self.state.note(PREIMAGE_LOST.format(where=describe(eqn), why="it mixes in constant values"))
+            elif any(isinstance(values[i], jax.core.Tracer) for i in constants):
+                # indices computed from traced arguments: not known while tracing
+                self.state.note(PREIMAGE_LOST.format(where=describe(eqn), why="its indices are traced"))
             return
-        if eqn.primitive.name == "convert_element_type" and not jnp.issubdtype(
-            eqn.params["new_dtype"], jnp.floating
-        ):
-            return
-        if any(isinstance(values[i], jax.core.Tracer) for i in constants):
-            # indices computed from traced arguments: not known while tracing
-            self.state.note(PREIMAGE_LOST.format(where=describe(eqn), why="its indices are traced"))
-            return
-        with jax.ensure_compile_time_eval():
-            units = jnp.arange(source.size, dtype=out.dtype).reshape(source.shape)
-            moved = bind_with(eqn, values, random)(units)
-            index = np.asarray(jnp.reshape(moved, (-1,))).astype(np.int64)
         out.data["preimage"] = source.data["preimage"].select(index)
         self.hold(out.data["preimage"].base)
 

@@ -62,13 +62,12 @@ def level_set_intervals(fn: Callable, threshold, sign: int, mean, variance, *, s
     def at(index):
         return jnp.take_along_axis(z_flat, jnp.clip(index, 0, GRID - 1), axis=1)  # (units, SLOTS)
 
-    def fn_flat(points):  # points (units, SLOTS) -> inside, evaluated slot by slot on the unit shape
-        return jnp.stack([jnp.reshape(inside(jnp.reshape(points[:, k], shape)), (-1,))
-                          for k in range(SLOTS)], axis=1)
+    def per_slot(g):  # a function on the unit shape -> one on (units, SLOTS), slot by slot
+        return lambda points: jnp.stack([jnp.reshape(g(jnp.reshape(points[:, k], shape)), (-1,))
+                                         for k in range(SLOTS)], axis=1)
 
-    def implicit(points):  # (units, SLOTS) crossings -> the same values, differentiable in f and t
-        return jnp.stack([jnp.reshape(implicit_crossing(fn, threshold, jnp.reshape(points[:, k], shape)),
-                                      (-1,)) for k in range(SLOTS)], axis=1)
+    fn_flat = per_slot(inside)
+    implicit = per_slot(lambda c: implicit_crossing(fn, threshold, c))  # same values, f- and t-gradients
 
     mean_flat, sd_flat = jnp.reshape(mean, (-1, 1)), jnp.reshape(sd, (-1, 1))
     a = implicit(_crossing(fn_flat, at(g_start - 1), at(g_start), rising=True))
