@@ -156,9 +156,9 @@ def _joint_moments(state: State, atoms, margins: dict[int, Handle]):
 
 UNION_GRADIENT_NOTE = (
     "a union of {count} polytopes (an or/any/max of detectors), estimated by mixture importance "
-    "sampling: the value is unbiased, but its jax.grad is biased (by 5-17% in tests): the weights jump "
-    "where the reparameterised draws cross the other polytopes' faces, which the pathwise derivative "
-    "misses"
+    "sampling: the value is unbiased, but its jax.grad is biased (by 5-17% in a gradient sweep): the "
+    "weights jump where the reparameterised draws cross the other polytopes' faces, which the pathwise "
+    "derivative misses"
 )
 
 
