@@ -131,6 +131,20 @@ def unit_tokens(values, random, shape) -> tuple[np.ndarray, bool, bool]:
     return tokens, clash, disjoint and len(random) > 1
 
 
+def reduction_is_independent(h: Handle, axes) -> bool:
+    """Whether every group that a reduction over ``axes`` combines reads pairwise different tokens."""
+    tokens = np.asarray(h.data["token"]).reshape(h.shape)
+    axes = tuple(a % tokens.ndim for a in axes)
+    kept = [a for a in range(tokens.ndim) if a not in axes]
+    size = math.prod(tokens.shape[a] for a in axes)
+    groups = np.transpose(tokens, kept + list(axes)).reshape(-1, size)
+    for row in groups:
+        real = row[row != CONSTANT]
+        if len(np.unique(real)) != len(real):
+            return False
+    return True
+
+
 def _elementwise(eqn, values, random, where: str) -> Handle:
     aval = eqn.outvars[0].aval
     shape = aval.shape
@@ -290,6 +304,10 @@ def _one_hot_root(state: State, h: Handle) -> Handle:
         root = Handle((t * k,), probs.dtype, "moments", {"mean": jnp.reshape(probs, (-1,)), "closure": True},
                       f"one-hot of categorical site {site!r}")
         state.set_cov(root, root, cov)
+        # every value already in the Gaussian state came from other sites (a value of
+        # this site enters only through this root), so it is independent of the root
+        for other in state.active.values():
+            state.set_cov(root, other, jnp.zeros((root.size, other.size), probs.dtype))
         state.activate(root)  # never retired: later values of the site are linear in it
         state.categorical_roots[site] = root
     return state.categorical_roots[site]

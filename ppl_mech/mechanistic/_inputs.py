@@ -1,7 +1,8 @@
 """Input messages: what each family knows about a latent site's distribution.
 
 Exact where the family can be exact (Normal and multivariate normals under
-``gaussian``; Bernoulli as a two-point law under the independence families);
+``gaussian``; Bernoulli as a two-point law under the independence families and as a
+two-class categorical under ``gaussian``);
 a moment-matched Gaussian elsewhere, which the result's diagnostics report.
 Any other distribution raises an error naming the site.
 """
@@ -88,10 +89,11 @@ def input_handle(site: LatentSite, state: State) -> Handle:
     if isinstance(base, dist.Uniform):
         return moments(fn.mean, var=fn.variance, exact=False)
     if isinstance(base, dist.BernoulliProbs | dist.BernoulliLogits):
-        if state.family == "gaussian":
-            return moments(fn.mean, var=fn.variance, exact=False)
         p = jnp.broadcast_to(jnp.asarray(fn.mean, jnp.result_type(float)), shape)
-        zero = jnp.zeros(shape, p.dtype)
+        if state.family == "gaussian":  # a two-class categorical: exact through one-hot images
+            return categorical_input(site.name, jnp.stack([1 - p, p], axis=-1), shape, dtype)
+        p = jnp.broadcast_to(jnp.asarray(fn.mean, jnp.result_type(float)), shape)
+        zero = jnp.zeros(shape, dtype)
         return Handle(shape, dtype, "two_point", {"lo": zero, "hi": zero + 1, "p": p}, origin)
     if isinstance(base, dist.CategoricalProbs | dist.CategoricalLogits):
         return categorical_input(site.name, base.probs, shape, dtype)

@@ -297,8 +297,12 @@ class Interpreter:
         if "categorical" in kinds:
             if kinds == {"categorical"} and categorical.is_exact_op(eqn, values, random):
                 return [categorical.apply(eqn, values, random, where)]
-            independent = kinds == {"categorical"} and name in categorical.ELEMENTWISE and \
-                categorical.unit_tokens(values, random, out_aval.shape)[2]
+            elementwise = name in categorical.ELEMENTWISE
+            reduction = name in ("reduce_and", "reduce_or", "reduce_max", "reduce_min") and is_bool
+            independent = kinds == {"categorical"} and (
+                (elementwise and categorical.unit_tokens(values, random, out_aval.shape)[2])
+                or (reduction and categorical.reduction_is_independent(values[random[0]],
+                                                                       eqn.params["axes"])))
             values = [self.leave_categorical(x, where, independent) for x in values]
             kinds = {values[i].kind for i in random}
             if kinds == {"two_point"}:  # booleans of independent tokens: exact product rules
@@ -831,9 +835,11 @@ class Interpreter:
         if aval.dtype == jnp.bool_ and name in ("and", "or", "reduce_and", "reduce_or", "not", "reduce_max",
                                                  "reduce_min"):
             p = [self.probability_true(x) for x in values]
-            if not independent:
+            if not independent and name != "not":
                 self.state.note("and/or/all/any: independence presumption")
-            if name == "and":
+            if name == "not":
+                q = 1 - p[0]
+            elif name == "and":
                 q = p[0] * p[1]
             elif name == "or":
                 q = 1 - (1 - p[0]) * (1 - p[1])
