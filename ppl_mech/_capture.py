@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import ClosedJaxpr, Var
 from numpyro.distributions import Distribution
 from numpyro.primitives import Messenger
 
@@ -239,7 +240,7 @@ class Program:
     def example_latents(self) -> dict[str, jax.ShapeDtypeStruct]:
         return {n: jax.ShapeDtypeStruct(s.shape, s.dtype) for n, s in self.latents.items()}
 
-    def make_jaxpr(self, outputs: Sequence[str] | None = None) -> jax.extend.core.ClosedJaxpr:
+    def make_jaxpr(self, outputs: Sequence[str] | None = None) -> ClosedJaxpr:
         """Trace ``fn`` once; invars are the latent leaves in ``self.latents`` order."""
         names = list(self.latents)
         wanted = list(self.outputs) if outputs is None else list(outputs)
@@ -249,7 +250,7 @@ class Program:
             out = self.fn(dict(zip(names, values, strict=True)))
             return [out[n] for n in wanted]
 
-        return jax.make_jaxpr(flat)(*self.example_latents().values())
+        return drop_unused_equations(jax.make_jaxpr(flat)(*self.example_latents().values()))
 
     def check_outputs(self, wanted: Sequence[str]) -> None:
         missing = [n for n in wanted if n not in self.outputs]
@@ -258,6 +259,25 @@ class Program:
                 f"the model has no output site(s) {missing}; its outputs are "
                 f"{list(self.outputs)} (numpyro.deterministic sites and the return value)"
             )
+
+
+def drop_unused_equations(closed: ClosedJaxpr) -> ClosedJaxpr:
+    """``closed`` without the top-level equations no output needs (sites that were not asked for).
+
+    ``make_jaxpr`` keeps every equation the model traced; an interpreter that must
+    understand each one would otherwise fail on a site nobody asked about.
+    Equations with effects are kept.
+    """
+    jaxpr = closed.jaxpr
+    live = {v for v in jaxpr.outvars if isinstance(v, Var)}
+    kept = []
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.effects or any(v in live for v in eqn.outvars):
+            kept.append(eqn)
+            live.update(v for v in eqn.invars if isinstance(v, Var))
+    if len(kept) == len(jaxpr.eqns):
+        return closed
+    return ClosedJaxpr(jaxpr.replace(eqns=kept[::-1]), closed.consts)
 
 
 def capture_program(model: Callable, args: Sequence = (), kwargs: Mapping | None = None,
@@ -339,3 +359,34 @@ def outputs_depending_on_inputs(jaxpr) -> list[bool]:
         if any(not isinstance(v, Literal) and id(v) in tainted for v in eqn.invars):
             tainted.update(id(v) for v in eqn.outvars)
     return [not isinstance(v, Literal) and id(v) in tainted for v in jaxpr.outvars]
+
+
+def check_independent_latents(model: Callable, args, kwargs, program: Program, who: str) -> None:
+    """Raise :class:`ModelError` naming a latent site whose distribution depends on another one.
+
+    ``who``: what needs independent sites and why (a clause, for the message).
+    """
+    names = list(program.latents)
+    if len(names) < 2:
+        return
+
+    def parameters(*values):
+        feeder = capture(values=dict(zip(names, values, strict=True)))
+        with feeder:
+            model(*args, **kwargs)
+        return [jax.tree_util.tree_leaves(site.distribution) for site in feeder.latents.values()]
+
+    shapes = program.example_latents().values()
+    leaves_per_site = jax.eval_shape(parameters, *shapes)
+    jaxpr = jax.make_jaxpr(lambda *v: jax.tree_util.tree_leaves(parameters(*v)))(*shapes)
+    depends = outputs_depending_on_inputs(jaxpr.jaxpr)
+    start = 0
+    for name, leaves in zip(names, leaves_per_site, strict=True):
+        if any(depends[start:start + len(leaves)]):
+            raise ModelError(
+                f"latent site {name!r} has a distribution that depends on other latent sites; "
+                f"{who} (write the dependence as deterministic "
+                "code: x = loc(z) + scale(z) * eps with eps a standard sample site)"
+            )
+        start += len(leaves)
+

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._capture import ModelArgs, capture_program
+from ._capture import ModelArgs, capture_program, check_independent_latents
 from ._errors import ModelError
 from ._result import Cost, SiteResult
 from .importance._engine import Context, CostMeter
@@ -46,7 +46,7 @@ from .importance._search import (
     replace_distributions,
     zero_params,
 )
-from .importance._space import LatentSpace, check_independent_latents
+from .importance._space import LatentSpace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +159,9 @@ def attack(
     program = capture_program(model, args, kwargs)
     space = LatentSpace.from_program(program)
     check_gaussian_space(space, "attack")
-    check_independent_latents(model, args, kwargs, program)
+    check_independent_latents(model, args, kwargs, program,
+                              "the attack shifts each site's distribution on its own, so it needs "
+                              "independent latent sites")
     target = default_target(program) if target is None else target
     program.check_outputs([target])
     if not program.outputs[target].is_boolean or program.outputs[target].shape != ():

@@ -222,3 +222,67 @@ def test_monotone_function_thresholds_are_decided_on_the_gaussian_input(family, 
         r = handlers.mechanize(model, family=family, **options)()["catastrophe"]
         assert float(r.value) == pytest.approx(exact, rel=1e-3), name
         assert any("monotone" in note for note in r.notes), name
+
+
+# --- model shapes found by a generality sweep (session 7) -------------------------------------
+
+def _gaussian_vector(n=4):
+    return numpyro.sample("x", dist.Normal(0.0, 1.0).expand([n]).to_event(1))
+
+
+@pytest.mark.parametrize("family", ["mean", "diagonal", "gaussian"])
+def test_negated_comparison_is_the_complement(family):
+    def model():
+        x = _gaussian_vector()
+        numpyro.deterministic("catastrophe", ~(x[0] < 2.0))
+
+    value = float(handlers.mechanize(model, family=family)()["catastrophe"].value)
+    expected = 0.0 if family == "mean" else stats.norm.sf(2.0)  # the mean family decides at the mean
+    np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["mean", "diagonal", "gaussian"])
+def test_bernoulli_equality_tests_are_exact(family):
+    def model():
+        b = numpyro.sample("b", dist.Bernoulli(0.3).expand([4]).to_event(1))
+        numpyro.deterministic("catastrophe", jnp.all(b == 1))
+
+    value = float(handlers.mechanize(model, family=family)()["catastrophe"].value)
+    np.testing.assert_allclose(value, 0.3**4, rtol=1e-5)
+
+
+def test_embedding_plus_gaussian_noise_under_gaussian_family():
+    table = np.arange(20.0).reshape(5, 4) / 10.0
+
+    def model():
+        tok = numpyro.sample("tok", dist.Categorical(probs=jnp.full(5, 0.2)))
+        x = numpyro.sample("x", dist.Normal(0.0, 0.3).expand([4]).to_event(1))
+        numpyro.deterministic("out", jnp.sum(jnp.asarray(table)[tok] + x))
+
+    r = handlers.mechanize(model, family="gaussian")()["out"]
+    sums = table.sum(axis=1)
+    np.testing.assert_allclose(float(r.value), sums.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(r.diagnostics["variance"]), sums.var() + 4 * 0.09, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "cumulant"])
+def test_a_site_whose_distribution_depends_on_another_is_refused(family):
+    def model():
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        x = numpyro.sample("x", dist.Normal(z, 1.0).expand([8]).to_event(1))
+        numpyro.deterministic("out", jnp.sum(jax.nn.relu(x)))
+
+    with pytest.raises(ModelError, match="latent site 'x' has a distribution that depends"):
+        handlers.mechanize(model, family=family, **({"order": 2} if family == "cumulant" else {}))()
+
+
+def test_sites_not_asked_for_are_not_interpreted():
+    def model():
+        x = _gaussian_vector()
+        numpyro.deterministic("count", jnp.sum(x > 1.0))  # a detector turned into a number: no rule
+        numpyro.deterministic("catastrophe", x[0] > 3.0)
+
+    with pytest.raises(UnsupportedPrimitiveError):
+        handlers.mechanize(model, family="gaussian")()
+    r = handlers.mechanize(model, family="gaussian", sites=["catastrophe"])()
+    np.testing.assert_allclose(float(r["catastrophe"].value), stats.norm.sf(3.0), rtol=1e-4)

@@ -8,12 +8,12 @@ from typing import Any
 
 import jax
 
-from ppl_mech._capture import ModelArgs, capture_program
+from ppl_mech._capture import ModelArgs, capture_program, check_independent_latents
 from ppl_mech._errors import ModelError
 from ppl_mech._result import Results
 
 from ._engine import Context
-from ._space import LatentSpace, check_independent_latents
+from ._space import LatentSpace
 
 
 def _proposals() -> dict[str, Callable]:
@@ -72,7 +72,9 @@ def importance_estimate(
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     program = capture_program(model, args, kwargs)
     LatentSpace.from_program(program)  # unsupported distributions fail here, naming the site
-    check_independent_latents(model, args, kwargs, program)
+    check_independent_latents(model, args, kwargs, program,
+                              "importance proposals replace each site's distribution on its own, so they "
+                              "need independent latent sites")
     if not program.outputs:
         raise ModelError("the model has no output site: add numpyro.deterministic sites or return a value")
     wanted = list(program.outputs) if sites is None else list(sites)

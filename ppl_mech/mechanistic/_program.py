@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from ppl_mech._capture import Program, capture_program
+from ppl_mech._capture import Program, capture_program, check_independent_latents
 from ppl_mech._errors import ModelError
 
 
@@ -17,6 +17,9 @@ def mechanized_program(model: Callable, args: Sequence, kwargs: Mapping,
             "the model draws randomness with numpyro.prng_key(), which mechanize cannot see; "
             "make it a numpyro.sample site"
         )
+    check_independent_latents(model, args, kwargs, program,
+                              "mechanize gives each latent site its own input message, so it needs "
+                              "independent latent sites")
     wanted = list(program.outputs) if sites is None else list(sites)
     program.check_outputs(wanted)
     return program, wanted
