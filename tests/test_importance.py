@@ -356,3 +356,44 @@ def test_heavy_tailed_weights_get_a_khat_note():
                                rng_key=KEY)()["catastrophe"]
     assert wide.diagnostics["khat_site"] < 0.7
     assert not any("k-hat" in note for note in wide.notes)
+
+
+# ---------------------------------------------------------------- found by a generality sweep (session 7)
+
+def test_ideal_splitting_variance_is_the_last_particle_limit():
+    from ppl_mech.importance._ams import ideal_relative_variance
+
+    p, n = 1e-8, 200
+    assert ideal_relative_variance(p, n, 1e-4) == pytest.approx(math.log(1 / p) / n, rel=1e-3)
+    assert ideal_relative_variance(p, n, 0.1) > ideal_relative_variance(p, n, 1e-4)
+    assert ideal_relative_variance(0.0, n, 0.1) == 0.0
+
+
+def test_splitting_standard_error_is_never_below_the_ideal_one():
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        numpyro.deterministic("catastrophe", x[0] > 4.0)
+
+    r = handlers.importance(model, proposal="ams", num_samples=2**12, rng_key=KEY)()["catastrophe"]
+    d = r.diagnostics
+    assert float(r.stderr) == pytest.approx(max(d["replica_stderr"], d["ideal_stderr"]))
+    assert d["ideal_stderr"] > 0
+
+
+@pytest.mark.parametrize("proposal", ["itgis", "cross-entropy"])
+def test_single_gaussian_proposal_on_a_union_gets_a_note(proposal):
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("catastrophe", (x[0] > 3.0) | (x[1] > 3.0))
+
+    r = handlers.importance(model, proposal=proposal, num_samples=2**12, rng_key=KEY)()["catastrophe"]
+    assert any("the detector is a union" in n for n in r.notes)
+
+
+def test_distribution_whose_icdf_needs_tfp_is_refused_by_name():
+    def model():
+        g = numpyro.sample("g", dist.Gamma(2.0, 1.0).expand([3]).to_event(1))
+        numpyro.deterministic("catastrophe", g.sum() > 20.0)
+
+    with pytest.raises(UnsupportedDistributionError, match="site 'g'"):
+        handlers.importance(model, proposal="ams", num_samples=2**10, rng_key=KEY)()

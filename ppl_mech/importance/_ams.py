@@ -33,7 +33,8 @@ variance of 3.9 (a few replicas find rich regions, most miss them), against
 0.06 on a 128x2 MLP at the same cost, where the splitting variance is at its
 ideal ``-log P / N``. A replica that holds most of the total gets a note.
 ``num_replicas`` independent runs (vmapped) give the standard error from their
-spread (with few replicas that standard error is itself rough). The pCN step is tuned between levels from
+spread (with few replicas that standard error is itself rough, so it is never
+taken below the ideal-splitting one, ``ideal_stderr``). The pCN step is tuned between levels from
 the previous level's acceptance. Only the target site gets the splitting
 estimate; every other site is estimated by plain Monte Carlo from the
 replicas' initial i.i.d. populations (a note says so).
@@ -274,7 +275,10 @@ def _splitting(ctx, sites, n, kill, buffer, replicas, steps, step_size, fraction
 def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
     estimates = np.asarray(out["estimate"], np.float64)
     value = float(estimates.mean())
-    stderr = float(estimates.std(ddof=1) / math.sqrt(replicas))
+    spread = float(estimates.std(ddof=1) / math.sqrt(replicas))
+    killed = max(1, round(kill_fraction * n)) / n
+    ideal = value * math.sqrt(ideal_relative_variance(value, n, killed) / replicas)
+    stderr = max(spread, ideal)
     cost = ctx.meter.cost()
     log_particle = np.repeat(np.asarray(out["log_factor"], np.float64), n) - math.log(n * replicas)
     final_c = np.asarray(out["final_c"]).ravel()
@@ -286,6 +290,8 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
         "replica_estimates": estimates,
         "pcn_beta": np.asarray(out["beta"]),
         "largest_replica_share": largest_replica_share(estimates),
+        "replica_stderr": spread,
+        "ideal_stderr": ideal,
     }
     dominant = dominant_replica_note(estimates)
     results = {}
@@ -298,7 +304,8 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
         (f"ams: {replicas} replicas x {n} particles, kill fraction {kill_fraction}, {steps} pCN steps; "
          "consistent, biased low by O(1/N) when the pCN steps mix poorly; standard error across "
          f"replicas, Student-t interval ({replicas - 1} dof); k-hat does not apply",)
-        + ((pilot_note,) if pilot_note else ()) + ((dominant,) if dominant else ()),
+        + ((pilot_note,) if pilot_note else ()) + ((dominant,) if dominant else ())
+        + ((_floor_note(spread, ideal),) if ideal > spread else ()),
     )
     total = replicas * n
     for name, site in ctx.sites.items():
@@ -311,6 +318,27 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
             "initial draws from p", extra=common,
         )
     return {name: results[name] for name in ctx.sites}
+
+
+def ideal_relative_variance(p: float, n: int, kill_fraction: float) -> float:
+    """Relative variance of one replica's estimate if every level's draws were exact.
+
+    Each level keeps a fraction ``p0 = 1 - kill_fraction`` of ``n`` particles and
+    contributes about ``(1 - p0) / (p0 n)``; it takes ``log(1/p) / log(1/p0)`` levels.
+    For ``kill_fraction -> 0`` this is the last-particle variance ``log(1/p) / n``
+    (Guyader, Hengartner & Matzner-Lober 2011). Moves that mix imperfectly only add
+    to it, so it bounds the standard error from below.
+    """
+    if not 0.0 < p < 1.0:
+        return 0.0
+    p0 = 1.0 - kill_fraction
+    return math.log(1.0 / p) / math.log(1.0 / p0) * (1.0 - p0) / (p0 * n)
+
+
+def _floor_note(spread: float, ideal: float) -> str:
+    return (f"ams: the spread of the replicas ({spread:.3g}) is below what ideal splitting allows at this "
+            f"particle count ({ideal:.3g}): few replicas understate the error, so the standard error is "
+            "the ideal one (a lower bound; the true error may be larger)")
 
 
 def largest_replica_share(estimates: np.ndarray) -> float:

@@ -31,6 +31,7 @@ import numpy as np
 
 from ._engine import Context, weighted_estimates
 from ._family import CategoricalTable, GaussianMixture, Proposal, draw_with
+from ._score import union_note
 
 
 def _ce_fit(problem, q: Proposal, z, k, log_w, elite, *, min_scale, smoothing, prior_mix, fit_scale):
@@ -140,6 +141,8 @@ def run_cross_entropy(
             f"cross-entropy did not reach the catastrophe level within {len(levels)} levels (last level "
             f"{levels[-1]:.3g}); the estimate is still unbiased but may have a large variance"
         )
+    if problem.space.continuous:
+        notes.extend(union_note(problem.program, ctx.target, "cross-entropy"))
     diagnostics = {"levels": np.asarray(levels), "fit_evaluations": used}
     return weighted_estimates(
         ctx, draw_with, q, num_samples=max(1, num_samples - used), key=ctx.key(3),

@@ -40,6 +40,7 @@ import numpy as np
 
 from ._engine import Context, weighted_estimates
 from ._family import CategoricalTable, GaussianMixture, Proposal, draw_with
+from ._score import union_note
 
 
 def _proposal(problem, state, defensive: float = 0.0) -> Proposal:
@@ -177,7 +178,8 @@ def run_itgis(
         "adapt_catastrophe_fraction": np.asarray(fractions),
         "fit_evaluations": used,
     }
-    notes = (f"itgis: {steps} adaptation step(s) of {batch} draws, then a fixed proposal",)
+    notes = (f"itgis: {steps} adaptation step(s) of {batch} draws, then a fixed proposal",) \
+        + union_note(problem.program, ctx.target, "itgis")
     return weighted_estimates(
         ctx, draw_with, q, num_samples=max(1, num_samples - used), key=ctx.key(3),
         method="importance[itgis]", diagnostics=diagnostics, notes=notes,

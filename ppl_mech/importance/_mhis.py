@@ -126,6 +126,7 @@ class _Moves:
             z, out = _select(accept_c, z_new, z), _select(accept_c, out_new, out)
             grad = _select(accept_c, grad_new, grad)
             c, s = jnp.where(accept_c, c_new, c), jnp.where(accept_c, s_new, s)
+        accepted_d = []
         for i, (name, site) in enumerate(problem.space.discrete.items()):
             k_pos, k_val, k_acc = jax.random.split(jax.random.fold_in(key_d, i), 3)
             size = math.prod(site.shape)
@@ -142,11 +143,14 @@ class _Moves:
             log_a = (lam * (self.g(s_new) - self.g(s)) + log_p[value] - log_p[current]
                      + rev_logits[current] - fwd_logits[value])
             accept = jnp.log(jax.random.uniform(k_acc)) < log_a
+            accepted_d.append(accept)
             k, out = _select(accept, k_new, k), _select(accept, out_new, out)
             c, s = jnp.where(accept, c_new, c), jnp.where(accept, s_new, s)
         if problem.space.continuous and problem.space.discrete:
             grad = self.evaluate_grad(problem, z, k)[3]  # k may have moved
-        return (z, k, out, c, s, grad), accept_c
+        # the continuous acceptance tunes the MALA step; without continuous sites, report the discrete one
+        acceptance = accept_c if problem.space.continuous else jnp.mean(jnp.stack(accepted_d).astype(float))
+        return (z, k, out, c, s, grad), acceptance
 
     def sweep(self, problem, chains, key, lam, log_step):
         n = chains[3].shape[0]

@@ -254,6 +254,39 @@ def _check_margin_known(closed, target: str) -> None:
         )
 
 
+UNION_PRIMITIVES = {"or", "reduce_or", "xor"}
+
+
+def is_union(program: Program, target: str) -> bool:
+    """Whether the detector ``target`` joins events with or / any / xor (or a boolean ``select_n``)."""
+    closed = program.make_jaxpr([target])
+    found: list[str] = []
+
+    class Spotting(_MarginEvaluator):
+        def rule(self, eqn, invals, inmargins):
+            name = eqn.primitive.name
+            random = [m for m, v in zip(inmargins, eqn.invars, strict=True)
+                      if _is_bool(v.aval) and not isinstance(v, Literal)]
+            if name in UNION_PRIMITIVES or (name == "select_n" and random and _is_bool(eqn.invars[0].aval)):
+                found.append(name)
+            return super().rule(eqn, invals, inmargins)
+
+    def trace(*leaves):
+        return Spotting().run(closed.jaxpr, closed.consts, list(leaves), [None] * len(leaves))[1]
+
+    jax.eval_shape(trace, *[jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars])
+    return bool(found)
+
+
+def union_note(program: Program, target: str, proposal: str) -> tuple[str, ...]:
+    """A note for a single-Gaussian proposal on a union-shaped detector (empty otherwise)."""
+    if not is_union(program, target):
+        return ()
+    return (f"{target}: the detector is a union (or / any); a single-Gaussian {proposal} proposal can "
+            "cover one part of it and miss the others, which no weight diagnostic (ESS, k-hat) shows: "
+            "the estimate may be low; check it with proposal='ams' or 'mhis'",)
+
+
 def score_function(program: Program, target: str, score: str | Callable | None = None,
                    outputs: Sequence[str] = ()):
     """``f(latent_values) -> (detector value, score[, outputs])``: the inferred margin or the user's.

@@ -23,6 +23,7 @@ import numpy as np
 
 from ._engine import Context, weighted_estimates
 from ._family import GaussianMixture, Proposal, draw_with
+from ._score import union_note
 from ._search import (
     check_gaussian_space,
     minimize_kl_above,
@@ -125,7 +126,7 @@ def run_tilted(
     notes = (
         f"tilted proposal: least-KL Gaussian with mechanistic P_q[{ctx.target}] = {target_probability}"
         + (", polished for minimum weight variance" if objective == "variance" else ""),
-    )
+    ) + (union_note(problem.program, ctx.target, "tilted") if int(components) == 1 else ())
     return weighted_estimates(
         ctx, draw_with, Proposal(gaussian=mixture),
         num_samples=num_samples, key=ctx.key(3), method="importance[tilted]",
