@@ -11,7 +11,11 @@ when something non-elementwise consumes it (a matmul, a reduction, an output):
 * ``pre-affine -> relu | exp | square -> post-affine``: closed forms
   (ReLU mean/variance/bivariate covariance; lognormal; Isserlis);
 * anything else: Gauss–Hermite quadrature for means, variances and the Stein
-  coefficient ``E[f'(x)]``, and the Hermite (Mehler) series for covariances:
+  coefficient ``E[f'(x)]`` -- or, when the chain jumps (a comparison of the
+  chain chooses a branch: ``where(y > 1, 1.0, 0.0)``, ``where(y > 1, y + 2, y)``),
+  Gauss–Legendre on each piece between the jumps in probability coordinates
+  (64-point Gauss–Hermite missed a step at one sd by 25%) -- and the Hermite
+  (Mehler) series for covariances:
   ``Cov(f(x_i), f(x_j)) = sum_{k=1..K} c_k(i) c_k(j) rho_ij^k`` with
   orthonormal Hermite coefficients ``c_k``; the diagonal is the exact
   quadrature variance, and the truncation error of each entry is at most
@@ -30,11 +34,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import ndtr, ndtri
 
 from ppl_mech.rules.gauss_hermite import gauss_hermite_rule
 from ppl_mech.rules.mehler import truncated_mehler_covariance
 
-from ._level_sets import implicit_crossing
+from ._level_sets import implicit_crossing, level_set_intervals
 from ._linear import affine_image
 from ._state import Handle, State, variance_of
 from ._thresholds import relu_preimage
@@ -51,6 +56,9 @@ ELEMENTWISE = {
     "clamp", "nextafter", "floor", "ceil", "round", "is_finite", "rem",
 }
 CLOSED_FORMS = ("relu", "exp", "square")
+STEPS = ("gt", "ge", "lt", "le")  # a comparison inside a chain is a jump of the chain
+PIECE_NODES = 24  # Gauss–Legendre nodes per piece of a chain with jumps
+PIECE_END = 38.0  # standard deviations: the outer pieces end here (Phi(-38) is 0 in float64)
 
 
 def is_elementwise(eqn) -> bool:
@@ -107,12 +115,20 @@ def compose(eqn, values: list, operands: dict[int, Handle], base: Handle, where:
         and operands[positions[0]] is operands[positions[1]]
     ):
         structure = ("closed", parts[0], "square", _identity)
+    jumps = tuple(j for i in positions if operands[i].kind == "lazy"
+                  for j in operands[i].data.get("jumps", ()))
+    if name in STEPS:
+        def gap(z):  # the comparison flips where this crosses 0
+            ops = [parts[positions.index(i)](z) if i in positions else values[i] for i in range(len(values))]
+            return jnp.asarray(ops[0], jnp.result_type(float)) - ops[1]
+
+        jumps += (gap,)
     monotone = _monotone_step(eqn, values, positions, [
         operands[i].data.get("monotone", 0) if operands[i].kind == "lazy" else 1 for i in positions
     ])
     return Handle(
         eqn.outvars[0].aval.shape, eqn.outvars[0].aval.dtype, "lazy",
-        {"base": base, "fn": fn, "structure": structure, "monotone": monotone}, where,
+        {"base": base, "fn": fn, "structure": structure, "monotone": monotone, "jumps": jumps}, where,
     )
 
 
@@ -236,7 +252,7 @@ def force(state: State, h: Handle) -> Handle:
         if structure[2] == "relu":
             new.data["preimage"] = relu_preimage(base, structure[1], structure[3])
     else:
-        new = _quadrature(state, base, fn, h.origin)
+        new = _quadrature(state, base, fn, h.origin, h.data.get("jumps", ()))
     if structure[0] != "affine" or base.data.get("closure"):
         new.data["closure"] = True  # a moment-matched Gaussian of a non-Gaussian value
     state.become(h, new)
@@ -303,37 +319,87 @@ def _closed(state: State, base: Handle, structure, origin: str) -> Handle:
     )
 
 
-def hermite_coefficients(fn: Callable, mean, std, order: int, degree: int = GAUSS_HERMITE_DEGREE):
+def hermite_coefficients(fn: Callable, mean, std, order: int, degree: int = GAUSS_HERMITE_DEGREE,
+                         rule: tuple | None = None):
     """Orthonormal Hermite coefficients ``c_k = E[f(m + s Z) He_k(Z)] / sqrt(k!)``, k = 0..order.
 
     Returns an array of shape ``(order + 1,) + mean.shape``. Unlike
     ``ppl_mech.rules.mehler.hermite_coefficients`` (nodes on a trailing axis, for
     scalar functions), the quadrature nodes go on a *leading* axis here, because
     a fused chain applies per-unit constant arrays shaped like ``mean``.
+    ``rule``: ``(nodes, weights)`` of :func:`quadrature_rule` (default: Gauss–Hermite).
     """
-    nodes, weights = gauss_hermite_rule(degree, mean.dtype)
-    values = jax.vmap(lambda z: fn(mean + std * z))(nodes)  # (Q, *shape)
+    nodes, weights = rule if rule is not None else _hermite_rule(mean, degree)
+    values = _node_values(fn, mean, std, nodes, weights)  # (Q, *shape)
     he = [jnp.ones_like(nodes), nodes]
     for k in range(1, order):
         he.append(nodes * he[k] - k * he[k - 1])
-    he = jnp.stack(he[: order + 1])  # (K+1, Q)
+    he = jnp.stack(he[: order + 1])  # (K+1, Q, ...)
     norms = jnp.asarray([math.sqrt(math.factorial(k)) for k in range(order + 1)], mean.dtype)
-    return jnp.tensordot(he * weights / norms[:, None], values, axes=(1, 0))
+    norms = jnp.reshape(norms, (-1,) + (1,) * (he.ndim - 1))
+    return jnp.sum(he * weights / norms * values, axis=1)
 
 
-def _quadrature(state: State, base: Handle, fn: Callable, origin: str) -> Handle:
+def _hermite_rule(mean, degree: int = GAUSS_HERMITE_DEGREE):
+    nodes, weights = gauss_hermite_rule(degree, mean.dtype)
+    pad = (1,) * mean.ndim
+    return jnp.reshape(nodes, (-1,) + pad), jnp.reshape(weights, (-1,) + pad)
+
+
+def _node_values(fn: Callable, mean, std, nodes, weights):
+    """``f(mean + std * node)`` per node (leading axis), 0 where the node's weight is 0."""
+    values = jax.vmap(lambda z: fn(mean + std * z))(jnp.broadcast_to(nodes, (nodes.shape[0],) + mean.shape))
+    return jnp.where(weights > 0, values, 0.0)
+
+
+def quadrature_rule(mean, std, jumps=()):
+    """``(nodes, weights)`` for ``E f(mean + std Z)``: standardized nodes, probability weights.
+
+    Without jumps, Gauss–Hermite. With jumps (functions whose sign change is a
+    discontinuity of ``f``), the line is cut at every crossing of each (found per unit
+    by :func:`level_set_intervals`, implicit-function gradients) and at 0, and each
+    piece gets ``PIECE_NODES`` Gauss–Legendre nodes in ``u = Phi(z)`` (below 0) or
+    ``Phi(-z)`` (above 0), so far-tail pieces keep their relative precision.
+    """
+    if not jumps:
+        return _hermite_rule(mean)
+    safe = jnp.where(std > 0, std, 1.0)
+    cuts = [jnp.zeros((1,) + mean.shape, mean.dtype)]
+    for gap in jumps:
+        lower, upper, _ = level_set_intervals(gap, 0.0, 1, mean, jnp.square(std))
+        cuts += [(lower - mean) / safe, (upper - mean) / safe]
+    cuts = jnp.clip(jnp.concatenate(cuts), -PIECE_END, PIECE_END)
+    ends = jnp.full((1,) + mean.shape, PIECE_END, mean.dtype)
+    cuts = jnp.sort(jnp.concatenate([-ends, cuts, ends]), axis=0)  # (C, *shape)
+    a, b = cuts[:-1], cuts[1:]  # pieces, each on one side of 0
+    t, w = np.polynomial.legendre.leggauss(PIECE_NODES)
+    t = jnp.reshape(jnp.asarray((t + 1) / 2, mean.dtype), (1, -1) + (1,) * mean.ndim)
+    w = jnp.reshape(jnp.asarray(w / 2, mean.dtype), (1, -1) + (1,) * mean.ndim)
+    upper_side = a >= 0
+    lo = jnp.where(upper_side, ndtr(-b), ndtr(a))[:, None]
+    hi = jnp.where(upper_side, ndtr(-a), ndtr(b))[:, None]
+    upper_side = upper_side[:, None]
+    u = lo + (hi - lo) * t
+    z = jnp.where(upper_side, -ndtri(u), ndtri(u))
+    weights = (hi - lo) * w
+    shape = (-1,) + mean.shape
+    return jnp.reshape(z, shape), jnp.reshape(weights, shape)
+
+
+def _quadrature(state: State, base: Handle, fn: Callable, origin: str, jumps=()) -> Handle:
     mean = base.data["mean"]
     var = variance_of(state, base)
     std = jnp.sqrt(jnp.maximum(var, 0))
-    nodes, weights = gauss_hermite_rule(GAUSS_HERMITE_DEGREE, mean.dtype)
-    values = jax.vmap(lambda z: fn(mean + std * z))(nodes)
-    out_mean = jnp.tensordot(weights, values, axes=1)
-    out_var = jnp.maximum(jnp.tensordot(weights, jnp.square(values), axes=1) - out_mean**2, 0)
+    rule = quadrature_rule(mean, std, jumps)
+    nodes, weights = rule
+    values = _node_values(fn, mean, std, nodes, weights)
+    out_mean = jnp.sum(weights * values, axis=0)
+    out_var = jnp.maximum(jnp.sum(weights * jnp.square(values), axis=0) - out_mean**2, 0)
     new = Handle(base.shape, mean.dtype, "moments", {"mean": out_mean}, origin)
     if state.family != "gaussian":
         new.data["var"] = out_var
         return new
-    coefficients = hermite_coefficients(fn, mean, std, MEHLER_ORDER)
+    coefficients = hermite_coefficients(fn, mean, std, MEHLER_ORDER, rule=rule)
     safe = jnp.where(std > 0, std, 1.0)
     derivative = jax.jvp(fn, (mean,), (jnp.ones_like(mean),))[1]
     stein = jnp.where(std > 0, coefficients[1] / safe, derivative)
