@@ -309,3 +309,21 @@ def test_gradient_through_a_jump_reaches_its_threshold():
 
     grad = jax.grad(lambda t: handlers.mechanize(model, family="gaussian")(t)["jump"].value)(1.0)
     np.testing.assert_allclose(float(grad), -2 * stats.norm.pdf(1.0), rtol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
+def test_random_control_flow_and_integer_casts_are_named(family):
+    w = np.eye(4, 3)
+
+    def cast(w):
+        x = _gaussian_vector()
+        numpyro.deterministic("c", (x @ w)[0].astype(jnp.int32) >= 2)
+
+    def cond(w):
+        y = _gaussian_vector() @ w
+        numpyro.deterministic("o", jax.lax.cond(y[0] > 0.5, jax.nn.relu, jnp.tanh, y))
+
+    with pytest.raises(UnsupportedPrimitiveError, match="cast to int32"):
+        handlers.mechanize(cast, family=family)(w)
+    with pytest.raises(UnsupportedPrimitiveError, match="cond"):
+        handlers.mechanize(cond, family=family)(w)

@@ -265,6 +265,24 @@ class Interpreter:
                     self.release(env[var])
         return [read(v) for v in jaxpr.outvars]
 
+    @staticmethod
+    def refuse_random_control(eqn, values, random, where: str) -> None:
+        """Name the two ways a random real value can steer integer code, which no family integrates."""
+        name = eqn.primitive.name
+        if name == "cond" and 0 in random:
+            raise UnsupportedPrimitiveError(
+                f"{where}: jax.lax.cond with a random predicate picks a branch per draw; write it with "
+                "jnp.where (both branches computed, the choice integrated) or use handlers.sample"
+            )
+        if name == "convert_element_type" and random and \
+                jnp.issubdtype(eqn.params["new_dtype"], jnp.integer) and \
+                jnp.issubdtype(eqn.invars[0].aval.dtype, jnp.floating):
+            raise UnsupportedPrimitiveError(
+                f"{where}: a random real value cast to {eqn.params['new_dtype']} (a staircase, "
+                "round-toward-zero): compare the real value instead (y >= 2.0, not int(y) >= 2), or "
+                "use handlers.sample"
+            )
+
     def call(self, eqn, values) -> tuple[list, list]:
         inner = eqn.params[CALL_JAXPR_PARAMS[eqn.primitive.name]]
         jaxpr, consts = (inner.jaxpr, inner.consts) if hasattr(inner, "jaxpr") else (inner, [])
@@ -282,6 +300,7 @@ class Interpreter:
         where = describe(eqn)
         random = [i for i, x in enumerate(values) if isinstance(x, Handle)]
         kinds = {values[i].kind for i in random}
+        self.refuse_random_control(eqn, values, random, where)
         out_aval = eqn.outvars[0].aval
         is_bool = out_aval.dtype == jnp.bool_
 
@@ -911,7 +930,8 @@ class Interpreter:
         else:
             raise UnsupportedPrimitiveError(
                 f"{where}: no rule for {name!r} of a detector event under family 'gaussian' "
-                "(events combine with and/or/not/all/any and structural ops)"
+                "(events combine with and/or/not/all/any and structural ops; a comparison turned "
+                "into a number -- a count, or the index of a jax.lax.cond -- has none)"
             )
         return Handle(aval.shape, aval.dtype, "events", {"events": out}, where)
 
