@@ -241,11 +241,7 @@ def _check_margin_known(closed, target: str) -> None:
                 lost.append(eqn.primitive.name)
             return m
 
-    def trace(*leaves):
-        return Checking().run(closed.jaxpr, closed.consts, list(leaves), [None] * len(leaves))[1]
-
-    shapes = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
-    margin = jax.eval_shape(trace, *shapes)[0]
+    margin = _trace_margins(closed, Checking())[0]
     if margin is None:
         where = f" (primitive {lost[-1]!r} has no margin rule)" if lost else ""
         raise UnsupportedPrimitiveError(
@@ -265,17 +261,22 @@ def is_union(program: Program, target: str) -> bool:
     class Spotting(_MarginEvaluator):
         def rule(self, eqn, invals, inmargins):
             name = eqn.primitive.name
-            random = [m for m, v in zip(inmargins, eqn.invars, strict=True)
-                      if _is_bool(v.aval) and not isinstance(v, Literal)]
-            if name in UNION_PRIMITIVES or (name == "select_n" and random and _is_bool(eqn.invars[0].aval)):
+            if name in UNION_PRIMITIVES or (name == "select_n" and _is_bool(eqn.invars[0].aval)
+                                             and not isinstance(eqn.invars[0], Literal)):
                 found.append(name)
             return super().rule(eqn, invals, inmargins)
 
-    def trace(*leaves):
-        return Spotting().run(closed.jaxpr, closed.consts, list(leaves), [None] * len(leaves))[1]
-
-    jax.eval_shape(trace, *[jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars])
+    _trace_margins(closed, Spotting())
     return bool(found)
+
+
+def _trace_margins(closed, evaluator: _MarginEvaluator):
+    """Run ``evaluator`` over ``closed`` abstractly (shapes only); its output margins."""
+    def trace(*leaves):
+        return evaluator.run(closed.jaxpr, closed.consts, list(leaves), [None] * len(leaves))[1]
+
+    shapes = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
+    return jax.eval_shape(trace, *shapes)
 
 
 def union_note(program: Program, target: str, proposal: str) -> tuple[str, ...]:
