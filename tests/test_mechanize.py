@@ -1,5 +1,7 @@
 """handlers.mechanize: exact where the family is exact, honest presumptions elsewhere."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -327,3 +329,17 @@ def test_random_control_flow_and_integer_casts_are_named(family):
         handlers.mechanize(cast, family=family)(w)
     with pytest.raises(UnsupportedPrimitiveError, match="cond"):
         handlers.mechanize(cond, family=family)(w)
+
+
+@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
+def test_a_chain_indexed_after_the_activation_keeps_its_threshold_rule(family):
+    def model():
+        y = numpyro.sample("y", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        numpyro.deterministic("exp", jnp.exp(y)[0] > math.exp(3.0))  # was 7.3e-18: a closure tail
+        numpyro.deterministic("leaky", jax.nn.leaky_relu(y, 0.1).reshape(2, 2)[1, 0] > 3.0)
+        numpyro.deterministic("capped", jax.nn.hard_tanh(3 * y)[0] > 1.0)  # impossible
+
+    r = handlers.mechanize(model, family=family)()
+    np.testing.assert_allclose(float(r["exp"].value), stats.norm.sf(3.0), rtol=1e-4)
+    np.testing.assert_allclose(float(r["leaky"].value), stats.norm.sf(3.0), rtol=1e-4)
+    assert float(r["capped"].value) == 0.0

@@ -354,6 +354,10 @@ class Interpreter:
             chained = self.compose_on_one_base(eqn, values, random, where)
             if chained is not None:
                 return [chained]
+        if name in LINEAR_PRIMITIVES and len(random) == 1:
+            moved = self.move_chain(eqn, values, random[0], where)
+            if moved is not None:
+                return [moved]
         shadow = self.provenance_of(eqn, values, random, where)  # taken (roots held) before forcing
         values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
         if name == "mul" and len(random) == 2:
@@ -472,6 +476,43 @@ class Interpreter:
         if extremum is not None:
             self.release(extremum[1])
         return h
+
+    def move_chain(self, eqn, values, position: int, where: str) -> Handle | None:
+        """A slice/reshape/transpose of a lazy elementwise chain, kept lazy on the moved base.
+
+        ``act(y)[0] > t`` must stay a threshold of ``act`` of ``y[0]`` (exact), not of a
+        moment-matched ``act(y)``. Elementwise chains commute with pure data movement, so
+        the chain is re-based on the moved units: ``f'(z') = f(base with z' put back)[units]``.
+        Not for ReLU chains (their preimage follows data movement already), affine chains
+        (exact either way) or movement that repeats units (a broadcast).
+        """
+        h = values[position]
+        if h.kind != "lazy" or h.data["structure"][0] == "affine" or \
+                (h.data["structure"][0] == "closed" and h.data["structure"][2] == "relu"):
+            return None
+        base = h.data["base"]
+        if tuple(base.shape) != tuple(h.shape):
+            return None
+        units = self.moved_units(eqn, values, position)
+        if units is None or np.unique(units).size != units.size:
+            return None
+        moved_values = list(values)
+        moved_values[position] = base
+        moved_base = self.apply(eqn, moved_values)[0]
+        self.hold(moved_base)
+        in_shape, out_shape, fill = base.shape, moved_base.shape, jnp.reshape(base.data["mean"], (-1,))
+
+        def rebased(f):
+            def g(z):
+                full = fill.astype(z.dtype).at[units].set(jnp.reshape(z, (-1,)))
+                return jnp.reshape(jnp.reshape(f(jnp.reshape(full, in_shape)), (-1,))[units], out_shape)
+            return g
+
+        return Handle(out_shape, h.dtype, "lazy", {
+            "base": moved_base, "fn": rebased(h.data["fn"]), "structure": ("generic",),
+            "monotone": h.data.get("monotone", 0),
+            "jumps": tuple(rebased(j) for j in h.data.get("jumps", ())),
+        }, where)
 
     def moved_units(self, eqn, values, position: int) -> np.ndarray | None:
         """For a data-movement primitive: the flat operand unit of each output unit (else None).
