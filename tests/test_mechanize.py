@@ -343,3 +343,18 @@ def test_a_chain_indexed_after_the_activation_keeps_its_threshold_rule(family):
     np.testing.assert_allclose(float(r["exp"].value), stats.norm.sf(3.0), rtol=1e-4)
     np.testing.assert_allclose(float(r["leaky"].value), stats.norm.sf(3.0), rtol=1e-4)
     assert float(r["capped"].value) == 0.0
+
+
+def test_covariances_after_a_branch_choosing_activation_are_finite_and_right():
+    w = np.random.default_rng(0).normal(size=(8, 8)) / np.sqrt(8)
+
+    def model(w):
+        x = _gaussian_vector(8)
+        numpyro.deterministic("o", jax.nn.leaky_relu(x @ w, 0.1) @ w)
+
+    r = handlers.mechanize(model, family="gaussian")(w)["o"]
+    mc = handlers.sample(model, num_samples=2**16, rng_key=jax.random.PRNGKey(1))(w)["o"]
+    variance = np.asarray(r.diagnostics["variance"])
+    sampled = np.asarray(mc.stderr) ** 2 * 2**16
+    assert np.all(np.isfinite(variance))  # empty quadrature pieces once gave nan covariances
+    np.testing.assert_allclose(variance, sampled, rtol=0.05)

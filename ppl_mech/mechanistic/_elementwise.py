@@ -14,8 +14,8 @@ when something non-elementwise consumes it (a matmul, a reduction, an output):
   coefficient ``E[f'(x)]`` -- or, when the chain jumps (a comparison of the
   chain chooses a branch: ``where(y > 1, 1.0, 0.0)``, ``where(y > 1, y + 2, y)``),
   Gauss–Legendre on each piece between the jumps in probability coordinates
-  (64-point Gauss–Hermite missed a step at one sd by 25%) -- and the Hermite
-  (Mehler) series for covariances:
+  (64-point Gauss–Hermite missed a step at one sd by 25%) for the mean and
+  variance -- and the Hermite (Mehler) series for covariances:
   ``Cov(f(x_i), f(x_j)) = sum_{k=1..K} c_k(i) c_k(j) rho_ij^k`` with
   orthonormal Hermite coefficients ``c_k``; the diagonal is the exact
   quadrature variance, and the truncation error of each entry is at most
@@ -319,17 +319,18 @@ def _closed(state: State, base: Handle, structure, origin: str) -> Handle:
     )
 
 
-def hermite_coefficients(fn: Callable, mean, std, order: int, degree: int = GAUSS_HERMITE_DEGREE,
-                         rule: tuple | None = None):
+def hermite_coefficients(fn: Callable, mean, std, order: int, degree: int = GAUSS_HERMITE_DEGREE):
     """Orthonormal Hermite coefficients ``c_k = E[f(m + s Z) He_k(Z)] / sqrt(k!)``, k = 0..order.
 
     Returns an array of shape ``(order + 1,) + mean.shape``. Unlike
     ``ppl_mech.rules.mehler.hermite_coefficients`` (nodes on a trailing axis, for
     scalar functions), the quadrature nodes go on a *leading* axis here, because
-    a fused chain applies per-unit constant arrays shaped like ``mean``.
-    ``rule``: ``(nodes, weights)`` of :func:`quadrature_rule` (default: Gauss–Hermite).
+    a fused chain applies per-unit constant arrays shaped like ``mean``. Always
+    Gauss–Hermite, also for chains with jumps: Gauss–Legendre in ``Phi(z)`` converges
+    slowly for ``He_k`` (errors 0.01-0.035 at k >= 3 with 24 nodes per piece on a leaky
+    ReLU, against 0.0016 for 64-point Gauss–Hermite).
     """
-    nodes, weights = rule if rule is not None else _hermite_rule(mean, degree)
+    nodes, weights = _hermite_rule(mean, degree)
     values = _node_values(fn, mean, std, nodes, weights)  # (Q, *shape)
     he = [jnp.ones_like(nodes), nodes]
     for k in range(1, order):
@@ -379,9 +380,12 @@ def quadrature_rule(mean, std, jumps=()):
     lo = jnp.where(upper_side, ndtr(-b), ndtr(a))[:, None]
     hi = jnp.where(upper_side, ndtr(-a), ndtr(b))[:, None]
     upper_side = upper_side[:, None]
-    u = lo + (hi - lo) * t
+    # an empty piece (two equal cuts, or a far piece whose mass underflows) gets weight 0 and a
+    # finite node: Hermite polynomials of an infinite node would make 0 * inf = nan
+    empty = hi <= lo
+    u = jnp.where(empty, 0.25, lo + (hi - lo) * t)
     z = jnp.where(upper_side, -ndtri(u), ndtri(u))
-    weights = (hi - lo) * w
+    weights = jnp.where(empty, 0.0, (hi - lo) * w)
     shape = (-1,) + mean.shape
     return jnp.reshape(z, shape), jnp.reshape(weights, shape)
 
@@ -390,8 +394,7 @@ def _quadrature(state: State, base: Handle, fn: Callable, origin: str, jumps=())
     mean = base.data["mean"]
     var = variance_of(state, base)
     std = jnp.sqrt(jnp.maximum(var, 0))
-    rule = quadrature_rule(mean, std, jumps)
-    nodes, weights = rule
+    nodes, weights = quadrature_rule(mean, std, jumps)  # mean and variance: jumps matter most here
     values = _node_values(fn, mean, std, nodes, weights)
     out_mean = jnp.sum(weights * values, axis=0)
     out_var = jnp.maximum(jnp.sum(weights * jnp.square(values), axis=0) - out_mean**2, 0)
@@ -399,7 +402,7 @@ def _quadrature(state: State, base: Handle, fn: Callable, origin: str, jumps=())
     if state.family != "gaussian":
         new.data["var"] = out_var
         return new
-    coefficients = hermite_coefficients(fn, mean, std, MEHLER_ORDER, rule=rule)
+    coefficients = hermite_coefficients(fn, mean, std, MEHLER_ORDER)
     safe = jnp.where(std > 0, std, 1.0)
     derivative = jax.jvp(fn, (mean,), (jnp.ones_like(mean),))[1]
     stein = jnp.where(std > 0, coefficients[1] / safe, derivative)

@@ -508,8 +508,11 @@ class Interpreter:
                 return jnp.reshape(jnp.reshape(f(jnp.reshape(full, in_shape)), (-1,))[units], out_shape)
             return g
 
+        structure = h.data["structure"]
+        if structure[0] == "closed":  # keep the closed form (exp, square): its pre/post move too
+            structure = ("closed", rebased(structure[1]), structure[2], rebased(structure[3]))
         return Handle(out_shape, h.dtype, "lazy", {
-            "base": moved_base, "fn": rebased(h.data["fn"]), "structure": ("generic",),
+            "base": moved_base, "fn": rebased(h.data["fn"]), "structure": structure,
             "monotone": h.data.get("monotone", 0),
             "jumps": tuple(rebased(j) for j in h.data.get("jumps", ())),
         }, where)
