@@ -5,8 +5,13 @@ the site's shape (the Rosenblatt/Nataf map of reliability analysis):
 
 * ``Normal`` (through ``expand``/``to_event``): ``x = loc + scale * z``;
 * ``MultivariateNormal`` (and the low-rank one): ``x = loc + L z``;
-* any other univariate continuous distribution with an ``icdf`` (``Uniform``,
-  ``Exponential``, ``Laplace``, ``Cauchy``, ...): ``x = icdf(Phi(z))``.
+* ``Exponential``, ``Laplace``, ``Logistic``, ``Cauchy``, ``Gumbel``,
+  ``HalfNormal``, ``HalfCauchy``, ``Uniform``, ``LogNormal``, ``Pareto``,
+  ``Weibull``: their quantile function written through ``Phi(-|z|)``, which
+  keeps both tails in float32 (``_normal_maps``);
+* any other univariate continuous distribution with an ``icdf``:
+  ``x = icdf(Phi(z))``, whose upper tail saturates in float32 beyond
+  ``z ~ 5.3`` (events rarer than ~1e-7 there need ``jax_enable_x64``).
 
 Because ``T`` pushes ``N(0, I)`` forward to ``p`` exactly, a Gaussian proposal
 ``q_z`` on ``z`` has weights ``p(x)/q(x) = N(z; 0, I)/q_z(z)``: the Jacobians
@@ -36,6 +41,7 @@ from jax.scipy.special import ndtr
 
 from ppl_mech._capture import LatentSite, Program
 from ppl_mech._errors import ModelError, UnsupportedDistributionError
+from ppl_mech.importance._normal_maps import tail_stable_map
 
 
 def _unwrap(fn):
@@ -122,6 +128,9 @@ def continuous_site(site: LatentSite) -> ContinuousSite | None:
             tril,
         )
     if base.event_shape == ():
+        stable = tail_stable_map(base)
+        if stable is not None:
+            return ContinuousSite(site.name, shape, "icdf", lambda z: jnp.broadcast_to(stable(z), shape), fn)
         try:
             jax.eval_shape(base.icdf, jnp.full(base.batch_shape, 0.5))
         except (NotImplementedError, ImportError):  # numpyro's Beta/Gamma/StudentT icdf need TFP
@@ -136,7 +145,7 @@ def continuous_site(site: LatentSite) -> ContinuousSite | None:
     raise UnsupportedDistributionError(
         f"site {site.name!r}: {type(base).__name__} has no map to a standard normal; importance "
         "proposals support Normal, MultivariateNormal, univariate distributions with an icdf "
-        "(Uniform, Exponential, Laplace, ...) and enumerable discrete distributions "
+        "(Uniform, Exponential, Laplace, LogNormal, Weibull, ...) and enumerable discrete distributions "
         "(Categorical, Bernoulli, ...)"
     )
 
