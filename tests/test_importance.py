@@ -402,13 +402,19 @@ def test_splitting_standard_error_is_never_below_the_ideal_one():
 
 
 @pytest.mark.parametrize("proposal", ["itgis", "cross-entropy"])
-def test_single_gaussian_proposal_on_a_union_gets_a_note(proposal):
+@pytest.mark.parametrize("detector, union", [
+    (lambda x: (x[0] > 3.0) | (x[1] > 3.0), True),
+    (lambda x: jnp.abs(x[0] + x[1]) > 4.0, True),  # two-sided: was 0.0099 for 0.0131, no note
+    (lambda x: (lambda y: y * y)(x[0] - x[1]) > 9.0, True),
+    (lambda x: x[0] * x[1] + 2.0 * x[0] > 6.0, False),
+], ids=["or", "abs", "square", "one-sided"])
+def test_single_gaussian_proposal_on_a_union_gets_a_note(proposal, detector, union):
     def model():
         x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-        numpyro.deterministic("catastrophe", (x[0] > 3.0) | (x[1] > 3.0))
+        numpyro.deterministic("catastrophe", detector(x))
 
     r = handlers.importance(model, proposal=proposal, num_samples=2**12, rng_key=KEY)()["catastrophe"]
-    assert any("the detector is a union" in n for n in r.notes)
+    assert any("the detector is a union" in n for n in r.notes) == union
 
 
 def test_distribution_whose_icdf_needs_tfp_is_refused_by_name():

@@ -254,7 +254,8 @@ UNION_PRIMITIVES = {"or", "reduce_or", "xor"}
 
 
 def is_union(program: Program, target: str) -> bool:
-    """Whether the detector ``target`` joins events with or / any / xor (or a boolean ``select_n``)."""
+    """Whether the detector ``target`` joins events with or / any / xor (or a boolean ``select_n``),
+    or thresholds an even function (``abs(y) > t`` is two halfspaces)."""
     closed = program.make_jaxpr([target])
     found: list[str] = []
 
@@ -267,7 +268,29 @@ def is_union(program: Program, target: str) -> bool:
             return super().rule(eqn, invals, inmargins)
 
     _trace_margins(closed, Spotting())
-    return bool(found)
+    return bool(found) or any(_folds_the_line(eqn) for eqn in _all_equations(closed.jaxpr))
+
+
+def _all_equations(jaxpr):
+    """Every equation of ``jaxpr`` and of the jaxprs nested in its equations' parameters."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _all_equations(inner)
+
+
+def _folds_the_line(eqn) -> bool:
+    """An even elementwise function (``abs``, ``x**2``, ``x * x``, ``cosh``): thresholds of it are
+    two-sided (found anywhere in the detector's jaxpr: it may sit inside a network)."""
+    name = eqn.primitive.name
+    if name in ("abs", "square", "cosh"):
+        return True
+    if name == "integer_pow":
+        return eqn.params["y"] % 2 == 0
+    return name == "mul" and eqn.invars[0] is eqn.invars[1] and not isinstance(eqn.invars[0], Literal)
 
 
 def _trace_margins(closed, evaluator: _MarginEvaluator):
@@ -283,7 +306,8 @@ def union_note(program: Program, target: str, proposal: str) -> tuple[str, ...]:
     """A note for a single-Gaussian proposal on a union-shaped detector (empty otherwise)."""
     if not is_union(program, target):
         return ()
-    return (f"{target}: the detector is a union (or / any); a single-Gaussian {proposal} proposal can "
+    return (f"{target}: the detector is a union (or / any, or a two-sided threshold such as abs(y) > t); "
+            f"a single-Gaussian {proposal} proposal can "
             "cover one part of it and miss the others, which no weight diagnostic (ESS, k-hat) shows: "
             "the estimate may be low; check it with proposal='ams' or 'mhis'",)
 
