@@ -347,7 +347,7 @@ def largest_replica_share(estimates: np.ndarray) -> float:
     return float(np.max(estimates)) / total if total > 0 else math.nan
 
 
-def dominant_replica_note(estimates: np.ndarray) -> str | None:
+def dominant_replica_note(estimates: np.ndarray, method: str = "ams") -> str | None:
     """A note when one replica holds more than ``2/R`` of the total (needs ``R >= 3``).
 
     Light-tailed replicas (relative spread below ~0.5) stay well under that share;
@@ -359,6 +359,6 @@ def dominant_replica_note(estimates: np.ndarray) -> str | None:
     share = largest_replica_share(estimates)
     if replicas < 3 or not share > 2.0 / replicas:
         return None
-    return (f"ams: one replica holds {share:.0%} of the total over {replicas} replicas: heavy-tailed "
+    return (f"{method}: one replica holds {share:.0%} of the total over {replicas} replicas: heavy-tailed "
             "at this particle count (separate event regions most replicas miss); the standard error is "
             "unreliable; raise num_samples or num_particles")
