@@ -115,6 +115,34 @@ def test_two_tokens_in_one_unit_leave_the_exact_representation_with_a_note():
     assert float(r["y"].value) == pytest.approx(0.3085375 / 3, rel=1e-5)
 
 
+@pytest.mark.parametrize("family", ["gaussian", "diagonal", "mean"])
+def test_comparing_two_tokens_is_exact(family):
+    """``t[0] == t[1]``, ``t[:-1] < t[1:]``: sums over class pairs (was refused as continuous)."""
+    probs = jnp.array([0.5, 0.2, 0.2, 0.1])
+
+    def tokens():
+        t = numpyro.sample("t", dist.Categorical(probs).expand([3]).to_event(1))
+        numpyro.deterministic("repeat", t[0] == t[1])
+        numpyro.deterministic("rising", t[:-1] < t[1:])
+
+    p = np.asarray(probs)
+    rising = sum(p[i] * p[j] for i in range(4) for j in range(i + 1, 4))
+    r = handlers.mechanize(tokens, family=family)()
+    assert float(r["repeat"].value) == pytest.approx(float(np.sum(p * p)), rel=1e-6)
+    np.testing.assert_allclose(np.asarray(r["rising"].value), [rising, rising], rtol=1e-6)
+
+    def increasing():
+        t = numpyro.sample("t", dist.Categorical(probs).expand([3]).to_event(1))
+        numpyro.deterministic("sorted", jnp.all(t[:-1] < t[1:]))  # two pairs sharing t[1]
+
+    if family == "gaussian":
+        with pytest.raises(UnsupportedPrimitiveError, match="'reduce_and' combines two-point booleans"):
+            handlers.mechanize(increasing, family=family)()
+    else:
+        r = handlers.mechanize(increasing, family=family)()
+        assert any("independence presumption" in n for n in r["sorted"].notes)
+
+
 def test_separate_paths_from_one_site_stay_correlated(x64):
     w = jnp.asarray(RNG.standard_normal((6, 2)))
 

@@ -157,7 +157,17 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 class Activation:
     """A scalar activation and how to take Gaussian expectations of it."""
 
-    def __init__(self, activation: str | Callable[[Array], Array], quadrature_degree: int = 80):
+    def __init__(
+        self,
+        activation: str | Callable[[Array], Array],
+        quadrature_degree: int = 80,
+        power_rule: Callable[[Array, Array], tuple[Array, Array]] | None = None,
+    ):
+        """``power_rule(mean, std) -> (nodes, weights)`` (standardized nodes on a trailing axis),
+        if given, replaces Gauss–Hermite for the power moments ``E[f(z)^p]`` (``k = 0``): a
+        function with jumps needs its rule cut at them. Derivative coefficients (``k >= 1``)
+        stay on Gauss–Hermite, which weights Hermite polynomials better.
+        """
         if isinstance(activation, str):
             if activation not in ACTIVATIONS:
                 raise ValueError(
@@ -171,11 +181,22 @@ class Activation:
             self.fn = activation
         self.is_relu = self.name == "relu"
         self.quadrature_degree = quadrature_degree
+        self.power_rule = power_rule
+
+    def _power_moments(self, mean: Array, var: Array, max_p: int) -> list[Array]:
+        """``[E f(z), ..., E f(z)^max_p]`` by ``power_rule``."""
+        std = _std(var)
+        nodes, weights = self.power_rule(mean, std)
+        fz = self.fn(mean[..., None] + std[..., None] * nodes)
+        fz = jnp.where(weights > 0, fz, 0.0)
+        return [jnp.sum(fz**p * weights, axis=-1) for p in range(1, max_p + 1)]
 
     def wick(self, mean: Array, var: Array, k: int, p: int) -> Array:
         """``E[d^k f(z)^p]`` for z ~ N(mean, var), elementwise."""
         if self.is_relu:
             return relu_wick(mean, var, k, p)
+        if k == 0 and self.power_rule is not None:
+            return self._power_moments(mean, var, p)[-1]
         return quadrature_wick(self.fn, mean, var, k, p, self.quadrature_degree)
 
     def wick_table(self, mean: Array, var: Array, max_k: int, max_p: int) -> dict[tuple[int, int], Array]:
@@ -199,4 +220,7 @@ class Activation:
             scale = inv_std**k
             for p in range(1, max_p + 1):
                 out[(k, p)] = table[k, p - 1] * scale
+        if self.power_rule is not None:
+            for p, moment in enumerate(self._power_moments(mean, var, max_p), start=1):
+                out[(0, p)] = moment
         return out

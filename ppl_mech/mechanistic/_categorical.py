@@ -10,6 +10,8 @@ That representation is closed, and exact, under
 * elementwise ops of values that depend on the same tokens unit by unit (the
   ``x < 0 ? x + K : x`` index normalisation, ``one_hot``'s ``eq`` with an iota,
   ``convert_element_type``), evaluated class by class;
+* a boolean op of two operands that read different tokens in every unit
+  (``t[0] == t[1]``, ``t[:-1] < t[1:]``): its probability, over the class pairs;
 * data movement (reshape, broadcast, slice, transpose, concatenate with
   constants, gather with constant indices), which moves units and their tokens;
 * lookups ``table[x]`` (``gather``/``dynamic_slice`` with the token as index):
@@ -153,6 +155,26 @@ def _elementwise(eqn, values, random, where: str) -> Handle:
     out = jnp.broadcast_to(out, shape + out.shape[-1:])
     h = values[random[0]]
     return _with_support(h, shape, aval.dtype, tokens.ravel(), jnp.reshape(out, (-1, out.shape[-1])), where)
+
+
+def pair_probability(eqn, values, random):
+    """``P[eqn(a, b)]`` per unit for a boolean op of two categorical operands of different tokens.
+
+    Exact: the tokens are independent, so each unit's law is the product of its two
+    tokens' class probabilities, and the op is evaluated on all ``K x L`` class pairs.
+    """
+    shape = eqn.outvars[0].aval.shape
+
+    def per_unit(h: Handle, key: str):
+        table = _unit_probs(h) if key == "probs" else h.data["support"]
+        return jnp.broadcast_to(jnp.reshape(table, h.shape + (-1,)), shape + table.shape[-1:])
+
+    a, b = (values[i] for i in random)
+    fn = bind_with(eqn, values, random)
+    pairs = jax.vmap(jax.vmap(fn, in_axes=(None, -1), out_axes=-1), in_axes=(-1, None), out_axes=-2)(
+        per_unit(a, "support"), per_unit(b, "support"))  # (*shape, K, L)
+    pa, pb = per_unit(a, "probs"), per_unit(b, "probs")
+    return jnp.einsum("...k,...l,...kl->...", pa, pb, pairs.astype(pa.dtype))
 
 
 def _movement(eqn, values, random, where: str) -> Handle:

@@ -51,12 +51,14 @@ from ppl_mech._capture import LatentSite
 from ppl_mech._errors import UnsupportedDistributionError, UnsupportedPrimitiveError
 
 from ._elementwise import (
+    STAIRS_NOTE,
     _affine_of,
     compose,
     is_elementwise,
     level_set_chain,
     monotone_chain,
     monotone_crossing,
+    quadrature_rule,
 )
 from ._inputs import _full_covariance, _unwrap
 from ._interpreter import CALL_JAXPR_PARAMS, COMPARISONS, describe, inside_call
@@ -427,12 +429,16 @@ class CumulantInterpreter:
                     return jax.vmap(flat, in_axes=1, out_axes=1)(z)
 
                 columns.__name__ = f"fused elementwise chain at {h.origin}"
+                rule = _cut_rule(h.data.get("jumps", ()), shape)
+                if h.data.get("stairs"):
+                    self.note(STAIRS_NOTE)
                 if self.order > 1:
                     self.note(
                         "elementwise chains other than ReLU: Wick coefficients by Gauss–Hermite "
                         "quadrature (80 nodes), Gaussian covariance by Mehler's series (degree 16)"
                     )
-                message = cumulants.elementwise(message, cumulants.Activation(columns), self.order)
+                activation = cumulants.Activation(columns, power_rule=rule)
+                message = cumulants.elementwise(message, activation, self.order)
             view = _reshaper(shape)
             new = _affine(Node(message), h.shape, h.dtype, view, view, h.origin, identity=True)
         h.data["forced"] = new
@@ -461,6 +467,23 @@ class CumulantInterpreter:
             "stderr": jnp.zeros(h.shape, message.mean.dtype),
             "variance": jnp.reshape(var, h.shape),
         }
+
+
+def _cut_rule(jumps, shape):
+    """The piecewise quadrature of a chain with jumps (``quadrature_rule``), on flat units, or None."""
+    if not jumps:
+        return None
+
+    def flat_gap(gap):
+        return lambda z: jnp.reshape(gap(jnp.reshape(z, shape)), z.shape)
+
+    flat_jumps = tuple(flat_gap(g) for g in jumps)
+
+    def rule(mean, std):
+        nodes, weights = quadrature_rule(mean, std, flat_jumps)  # nodes on the leading axis
+        return jnp.moveaxis(nodes, 0, -1), jnp.moveaxis(weights, 0, -1)
+
+    return rule
 
 
 def propagate_cumulants(model, args, kwargs, *, order: int, sites=None):

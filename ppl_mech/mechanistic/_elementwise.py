@@ -12,7 +12,8 @@ when something non-elementwise consumes it (a matmul, a reduction, an output):
   (ReLU mean/variance/bivariate covariance; lognormal; Isserlis);
 * anything else: Gauss–Hermite quadrature for means, variances and the Stein
   coefficient ``E[f'(x)]`` -- or, when the chain jumps (a comparison of the
-  chain chooses a branch: ``where(y > 1, 1.0, 0.0)``, ``where(y > 1, y + 2, y)``),
+  chain chooses a branch: ``where(y > 1, 1.0, 0.0)``, ``where(y > 1, y + 2, y)``,
+  or a staircase: ``sign``, ``floor``, ``ceil``, ``round``, ``rem``),
   Gauss–Legendre on each piece between the jumps in probability coordinates
   (64-point Gauss–Hermite missed a step at one sd by 25%) for the mean and
   variance -- and the Hermite (Mehler) series for covariances:
@@ -58,6 +59,11 @@ ELEMENTWISE = {
 CLOSED_FORMS = ("relu", "exp", "square")
 STEPS = ("gt", "ge", "lt", "le")  # a comparison inside a chain is a jump of the chain
 PIECE_NODES = 24  # Gauss–Legendre nodes per piece of a chain with jumps
+STAIRS_NOTE = (
+    "staircase (floor, ceil, round, rem): integrated piecewise between its most probable jumps "
+    "(up to 6 per unit); gradients miss the share of the other jumps (a fine quantizer's "
+    "gradient can be 25% low)"
+)
 PIECE_END = 38.0  # standard deviations: the outer pieces end here (Phi(-38) is 0 in float64)
 
 
@@ -123,13 +129,40 @@ def compose(eqn, values: list, operands: dict[int, Handle], base: Handle, where:
             return jnp.asarray(ops[0], jnp.result_type(float)) - ops[1]
 
         jumps += (gap,)
+    staircase = _staircase_gap(name, parts[0], values) if positions == [0] else None
+    if staircase is not None:
+        jumps += (staircase,)
+    stairs = any(operands[i].kind == "lazy" and operands[i].data.get("stairs") for i in positions) or (
+        staircase is not None and name != "sign"
+    )
     monotone = _monotone_step(eqn, values, positions, [
         operands[i].data.get("monotone", 0) if operands[i].kind == "lazy" else 1 for i in positions
     ])
     return Handle(
         eqn.outvars[0].aval.shape, eqn.outvars[0].aval.dtype, "lazy",
-        {"base": base, "fn": fn, "structure": structure, "monotone": monotone, "jumps": jumps}, where,
+        {"base": base, "fn": fn, "structure": structure, "monotone": monotone, "jumps": jumps,
+         "stairs": stairs}, where,
     )
+
+
+def _staircase_gap(name: str, inner: Callable, values: list) -> Callable | None:
+    """A smooth function whose sign changes exactly where ``name(inner(z))`` jumps, or ``None``.
+
+    ``floor``/``ceil`` jump at every integer, ``round`` at every half-integer, ``sign``
+    at 0 and ``rem(y, c)`` at every multiple of ``c``. (``sin(pi y)`` rather than a
+    parity of ``floor(y)``: its crossings have a nonzero slope, so they carry
+    implicit-function gradients.) The quadrature cuts at the most probable of them
+    (``level_set_intervals``' slots); the rest lie far enough out to matter little.
+    """
+    if name == "sign":
+        return inner
+    if name in ("floor", "ceil"):
+        return lambda z: jnp.sin(jnp.pi * inner(z))
+    if name == "round":
+        return lambda z: jnp.cos(jnp.pi * inner(z))
+    if name == "rem":
+        return lambda z: jnp.sin(jnp.pi * inner(z) / values[1])
+    return None
 
 
 INCREASING = {
@@ -253,6 +286,8 @@ def force(state: State, h: Handle) -> Handle:
             new.data["preimage"] = relu_preimage(base, structure[1], structure[3])
     else:
         new = _quadrature(state, base, fn, h.origin, h.data.get("jumps", ()))
+        if h.data.get("stairs"):
+            state.note(STAIRS_NOTE)
     if structure[0] != "affine" or base.data.get("closure"):
         new.data["closure"] = True  # a moment-matched Gaussian of a non-Gaussian value
     state.become(h, new)

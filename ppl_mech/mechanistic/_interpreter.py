@@ -317,6 +317,12 @@ class Interpreter:
             if kinds == {"categorical"} and categorical.is_exact_op(eqn, values, random):
                 return [categorical.apply(eqn, values, random, where)]
             elementwise = name in categorical.ELEMENTWISE
+            if (kinds == {"categorical"} and elementwise and is_bool and len(random) == 2
+                    and same_shape(eqn) and categorical.unit_tokens(values, random, out_aval.shape)[2]):
+                p = categorical.pair_probability(eqn, values, random)
+                zero = jnp.zeros(out_aval.shape, jnp.bool_)
+                return [Handle(out_aval.shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p},
+                               where)]
             reduction = name in ("reduce_and", "reduce_or", "reduce_max", "reduce_min") and is_bool
             independent = kinds == {"categorical"} and (
                 (elementwise and categorical.unit_tokens(values, random, out_aval.shape)[2])
@@ -342,6 +348,12 @@ class Interpreter:
             self.hold(x)  # released when the argmax handle is dropped
             return [Handle(out_aval.shape, out_aval.dtype, "argmax",
                            {"source": x, "axis": eqn.params["axes"][0]}, where)]
+        if is_bool and "two_point" in kinds:
+            raise UnsupportedPrimitiveError(
+                f"{where}: {name!r} combines two-point booleans (detectors on discrete sites); the "
+                f"{self.state.family} family has no joint law of them (use family='diagonal', which "
+                "presumes independence, or handlers.sample / handlers.importance)"
+            )
         if is_bool:
             raise UnsupportedPrimitiveError(f"{where}: no rule for boolean {name!r} of a real value")
         if "two_point" in kinds:  # mixed with real values: use the two-point law's moments
@@ -515,6 +527,7 @@ class Interpreter:
             "base": moved_base, "fn": rebased(h.data["fn"]), "structure": structure,
             "monotone": h.data.get("monotone", 0),
             "jumps": tuple(rebased(j) for j in h.data.get("jumps", ())),
+            "stairs": h.data.get("stairs", False),
         }, where)
 
     def moved_units(self, eqn, values, position: int) -> np.ndarray | None:
@@ -835,8 +848,9 @@ class Interpreter:
         shape = eqn.outvars[0].aval.shape
         if name in ("eq", "ne"):
             raise UnsupportedPrimitiveError(
-                f"{where}: {name!r} of a continuous random value has probability 0 or 1; "
-                "compare with a threshold instead"
+                f"{where}: {name!r} of a random value held as a continuous message has probability 0 "
+                "or 1; compare with a threshold instead (values of a discrete site can be compared "
+                "exactly while each unit reads one token, or two different tokens, of one site)"
             )
         if len(random) == 1:
             pre = self.preimage_of(values[random[0]])
