@@ -301,9 +301,18 @@ def test_threshold_probability_is_differentiable_in_the_threshold():
             weights, biases, t, **built.kwargs)
         return r["catastrophe"].value
 
-    g = jax.grad(p)(threshold)
+    g = jax.jit(jax.grad(p))(threshold)
     fd = (p(threshold + 1e-2) - p(threshold - 1e-2)) / 2e-2
     assert float(g) < 0 and float(g) == pytest.approx(float(fd), rel=0.05)
+
+
+def test_normal_tails_of_a_nonlinear_value_say_they_can_be_far_off():
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        numpyro.deterministic("catastrophe", jnp.sum(x * x) > 20.0)
+
+    r = handlers.mechanize(model, family="cumulant", order=2)()["catastrophe"]
+    assert any("far tails can be far off" in n for n in r.notes)
 
 
 def test_a_threshold_without_a_saddlepoint_is_nan_and_flagged():

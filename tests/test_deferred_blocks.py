@@ -66,6 +66,19 @@ def test_diagonal_and_mean_families_defer_too(reference):
     assert float(mean.value) == pytest.approx(np.log(6.0), rel=1e-5)
 
 
+def test_independence_families_say_a_block_samples_its_inputs_independently():
+    """Under diagonal, standardize's mean(x**2) - mean(x)**2 reads mean(x) as independent of x."""
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.5, 1.0).expand([6]).to_event(1))
+        numpyro.deterministic("h", jax.nn.standardize(x + jnp.arange(6.0) * 0.3))
+
+    r = handlers.mechanize(model, family="diagonal")()["h"]
+    assert any("samples its inputs as independent" in n for n in r.notes)
+    r = handlers.mechanize(model, family="gaussian")()["h"]
+    assert not any("samples its inputs as independent" in n for n in r.notes)
+
+
 def test_a_narrow_layer_norm_keeps_its_numerator_and_denominator_dependent():
     """The variance is read from its own roots (its provenance), not from its Gaussian closure.
 

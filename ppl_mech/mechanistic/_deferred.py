@@ -64,6 +64,11 @@ DEFER_NOTE = ("{where}: no propagation rule for {name!r}; the block from here on
               "are those of the Gaussian closure, which can be far off for bounded blocks (softmax, "
               "layer norm): check rare events with handlers.importance")
 
+INDEPENDENT_ROOTS_NOTE = ("{where}: under the {family} family a deferred block samples its inputs as "
+                          "independent; a normalisation of dependent values (layer norm, "
+                          "jax.nn.standardize: mean(x**2) - mean(x)**2 of independent parts) can be "
+                          "badly off (means 30x too large in one sweep model): prefer family='gaussian'")
+
 
 def root_part(h: Handle) -> tuple[list[Handle], Callable]:
     """The roots of a random operand and its value as a function of ``{root id: value}``.

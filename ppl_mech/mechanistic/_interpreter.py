@@ -472,6 +472,8 @@ class Interpreter:
         if note:
             self.state.note(deferred.DEFER_NOTE.format(where=where, name=eqn.primitive.name,
                                                        points=deferred.LINEARIZATION_POINTS))
+            if self.state.family != "gaussian":
+                self.state.note(deferred.INDEPENDENT_ROOTS_NOTE.format(where=where, family=self.state.family))
         for out in outs:
             for root in out.data["roots"]:
                 self.hold(root)
