@@ -344,7 +344,7 @@ def test_gradient_through_a_jump_reaches_its_threshold():
         y = numpyro.sample("y", dist.Normal(0.0, 1.0))
         numpyro.deterministic("jump", jnp.where(y > t, y + 2.0, y))
 
-    grad = jax.grad(lambda t: handlers.mechanize(model, family="gaussian")(t)["jump"].value)(1.0)
+    grad = jax.jit(jax.grad(lambda t: handlers.mechanize(model, family="gaussian")(t)["jump"].value))(1.0)
     np.testing.assert_allclose(float(grad), -2 * stats.norm.pdf(1.0), rtol=1e-3)
 
 
