@@ -13,6 +13,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from jax.scipy.special import ndtr
+from scipy import stats
 
 from ppl_mech import handlers
 
@@ -112,6 +113,29 @@ def test_two_slices_of_one_unit_are_one_scalar():
     assert values["outside"] == pytest.approx(1 - values["once"], rel=1e-5)
     np.testing.assert_allclose(grads["twice"], grads["once"], rtol=1e-5)
     np.testing.assert_allclose(grads["outside"], -grads["once"], rtol=1e-5)
+
+
+def test_an_any_of_six_thresholds_is_six_disjoint_orthants_in_one_vmapped_tilting(x64):
+    """Parts 3..K are padded to K literals and share one minimax tilting (compiled once, not K times)."""
+    w = np.random.default_rng(0).normal(size=(6, 6)) / np.sqrt(6)
+
+    def anyof(mu):
+        x = numpyro.sample("x", dist.Normal(mu, 1.0).to_event(1))
+        numpyro.deterministic("any", jnp.any(x @ w > 2.0))
+
+    mu = jnp.full(6, 0.1)
+    estimate = handlers.mechanize(anyof, family="gaussian", sites=["any"])
+    value_and_grad = jax.jit(jax.value_and_grad(lambda m: estimate(m)["any"].value))  # one compile
+
+    def value(m):
+        return float(value_and_grad(m)[0])
+
+    cov = w.T @ w
+    none = stats.multivariate_normal(np.asarray(mu) @ w, cov, abseps=1e-7, releps=1e-7).cdf(np.full(6, 2.0))
+    assert value(mu) == pytest.approx(1.0 - none, rel=1e-4)
+    eps = 1e-3
+    fd = [(value(mu.at[i].add(eps)) - value(mu.at[i].add(-eps))) / (2 * eps) for i in range(2)]
+    np.testing.assert_allclose(np.asarray(value_and_grad(mu)[1])[:2], fd, rtol=1e-3)
 
 
 def test_an_or_of_thresholds_is_disjoint_orthants_with_exact_gradients(x64):
