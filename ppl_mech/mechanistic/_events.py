@@ -35,7 +35,7 @@ from ppl_mech._errors import UnsupportedPrimitiveError
 from ._state import Handle, State
 
 MAX_CONJUNCTIONS = 256
-MAX_DISJOINT_LITERALS = 16
+MAX_DISJOINT_LITERALS = 64
 """An or/any of up to this many single literals is split into disjoint orthants (exact gradient)."""
 TRUE = ((),)
 FALSE = ()
