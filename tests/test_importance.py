@@ -340,15 +340,13 @@ def test_splitting_flags_a_replica_that_dominates_the_mean():
     assert np.isnan(largest_replica_share(np.zeros(4)))
 
 
-def test_annealed_mhis_flags_collapsed_runs():
-    """Final ESS of a few particles, or one dominant run: the SE across runs is not to be trusted."""
+def test_annealed_mhis_flags_a_run_that_dominates():
+    """One run holding most of the total: the SE across runs is not to be trusted."""
     from ppl_mech.importance._mhis import collapse_notes
 
-    healthy = np.array([[1.0], [1.1], [0.9], [1.0]])
-    assert collapse_notes(300.0, 1000, healthy) == ()
-    notes = collapse_notes(1.6, 1000, np.array([[0.1], [0.2], [3.0], [0.1]]))
-    assert any("rest on 1.6 of 1000 particles" in n for n in notes)
-    assert any(n.startswith("mhis: one replica holds 88%") for n in notes)
+    assert collapse_notes(np.array([[1.0], [1.1], [0.9], [1.0]])) == ()
+    notes = collapse_notes(np.array([[0.1], [0.2], [3.0], [0.1]]))
+    assert len(notes) == 1 and notes[0].startswith("mhis: one replica holds 88%")
 
 
 @pytest.mark.parametrize("proposal", ["cross-entropy", "itgis", "ams"])
