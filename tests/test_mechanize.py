@@ -393,3 +393,21 @@ def test_covariances_after_a_branch_choosing_activation_are_finite_and_right():
     sampled = np.asarray(mc.stderr) ** 2 * 2**16
     assert np.all(np.isfinite(variance))  # empty quadrature pieces once gave nan covariances
     np.testing.assert_allclose(variance, sampled, rtol=0.05)
+
+
+@pytest.mark.parametrize("family, options", [("gaussian", {}), ("cumulant", {"order": 3})])
+def test_notes_belong_to_the_sites_they_concern(family, options):
+    """A site carries the notes of what it reads: a linear readout of z does not get x's warnings."""
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        h = jnp.round(3.0 * x)  # a staircase: noted where it is forced, for every site reading it
+        numpyro.deterministic("linear", z.sum())
+        numpyro.deterministic("first", h.sum())
+        numpyro.deterministic("second", jnp.sum(2.0 * h[:2]))
+
+    r = handlers.mechanize(model, family=family, **options)()
+    assert not any("staircase" in n for n in r["linear"].notes)
+    assert any("staircase" in n for n in r["first"].notes)
+    assert any("staircase" in n for n in r["second"].notes)

@@ -289,7 +289,7 @@ def to_moments(state: State, h: Handle, where: str) -> Handle:
     keep their exact correlation.
     """
     site = h.data["site"]
-    state.note(MOMENTS_NOTE.format(site=site, family=state.family))
+    state.note(MOMENTS_NOTE.format(site=site, family=state.family), at=h.at)
     support = h.data["support"]
     dtype = h.data["probs"].dtype
     support = support.astype(dtype)

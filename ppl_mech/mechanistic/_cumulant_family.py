@@ -63,6 +63,7 @@ from ._elementwise import (
 from ._inputs import _full_covariance, _unwrap
 from ._interpreter import CALL_JAXPR_PARAMS, COMPARISONS, describe, inside_call
 from ._linear import LINEAR_PRIMITIVES, bind_with, check_affine, variance_image
+from ._notes import NoteBook
 from ._predicates import predicate_only_vars, same_shape
 from ._program import mechanized_program
 from ._state import Handle
@@ -118,13 +119,14 @@ def _reshaper(shape):
 
 
 def _live_equations(jaxpr) -> list:
-    """The equations that the outputs depend on (dead code, e.g. an unrequested detector, is
-    skipped so that it cannot raise)."""
+    """``(index, equation)`` of the equations that the outputs depend on (dead code, e.g. an
+    unrequested detector, is skipped so that it cannot raise)."""
     needed = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
     live = []
-    for eqn in reversed(jaxpr.eqns):
+    for i in reversed(range(len(jaxpr.eqns))):
+        eqn = jaxpr.eqns[i]
         if any(v in needed for v in eqn.outvars) or eqn.effects:
-            live.append(eqn)
+            live.append((i, eqn))
             needed.update(v for v in eqn.invars if not isinstance(v, Literal))
     return live[::-1]
 
@@ -132,12 +134,12 @@ def _live_equations(jaxpr) -> list:
 class CumulantInterpreter:
     def __init__(self, order: int):
         self.order = check_order(order)
-        self.notes: list[str] = []
+        self.notebook = NoteBook()
         self.predicate_only: set = set()
 
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
+    def note(self, text: str, at=None) -> None:
+        """Record an approximation, made here or (``at``) where the value it concerns was made."""
+        self.notebook.add(text, at)
 
     # --- inputs ---------------------------------------------------------------------------
     def inputs(self, latents: dict[str, LatentSite]) -> list[Handle]:
@@ -195,7 +197,7 @@ class CumulantInterpreter:
         )
 
     # --- the walk -------------------------------------------------------------------------
-    def run(self, jaxpr, consts, args) -> list:
+    def run(self, jaxpr, consts, args, *, top_level: bool = False) -> list:
         env: dict[Any, Any] = {}
         self.predicate_only |= predicate_only_vars(jaxpr, CALL_JAXPR_PARAMS)
         for var, value in zip(jaxpr.constvars, consts, strict=True):
@@ -206,8 +208,10 @@ class CumulantInterpreter:
         def read(v):
             return v.val if isinstance(v, Literal) else env[v]
 
-        for eqn in _live_equations(jaxpr):
+        for i, eqn in _live_equations(jaxpr):
             values = [read(v) for v in eqn.invars]
+            if top_level:
+                self.notebook.at = i
             if not any(isinstance(x, Handle | Threshold) for x in values):
                 outs = bind_eqn(eqn, values)
             elif eqn.primitive.name in CALL_JAXPR_PARAMS:
@@ -223,6 +227,8 @@ class CumulantInterpreter:
             else:
                 outs = [self.apply(eqn, values)]
             for var, value in zip(eqn.outvars, outs, strict=True):
+                if top_level and isinstance(value, Handle) and value.at is None:
+                    value.at = i
                 env[var] = value
         return [read(v) for v in jaxpr.outvars]
 
@@ -436,11 +442,12 @@ class CumulantInterpreter:
                 columns.__name__ = f"fused elementwise chain at {h.origin}"
                 rule = _cut_rule(h.data.get("jumps", ()), shape)
                 if h.data.get("stairs"):
-                    self.note(STAIRS_NOTE)
+                    self.note(STAIRS_NOTE, at=h.at)
                 if self.order > 1:
                     self.note(
                         "elementwise chains other than ReLU: Wick coefficients by Gauss–Hermite "
-                        "quadrature (80 nodes), Gaussian covariance by Mehler's series (degree 16)"
+                        "quadrature (80 nodes), Gaussian covariance by Mehler's series (degree 16)",
+                        at=h.at,
                     )
                 activation = cumulants.Activation(columns, power_rule=rule)
                 message = cumulants.elementwise(message, activation, self.order)
@@ -507,10 +514,15 @@ def propagate_cumulants(model, args, kwargs, *, order: int, sites=None):
             "networks; exact for linear maps of Gaussians)"
         )
     inputs = interpreter.inputs(program.latents)
-    outs = interpreter.run(jaxpr.jaxpr, jaxpr.consts, inputs)
-    estimates = {name: interpreter.output(value) for name, value in zip(wanted, outs, strict=True)}
+    for k, h in enumerate(inputs):
+        h.at = ("input", k)
+    outs = interpreter.run(jaxpr.jaxpr, jaxpr.consts, inputs, top_level=True)
+    estimates = {}
+    for name, value in zip(wanted, outs, strict=True):
+        interpreter.notebook.at = ("output", name)
+        estimates[name] = interpreter.output(value)
     booleans = {name: program.outputs[name].is_boolean for name in wanted}
     for name, value in zip(wanted, outs, strict=True):
         if booleans[name] and not isinstance(value, Threshold) and isinstance(value, Handle):
             raise UnsupportedPrimitiveError(f"site {name!r}: {COMBINED_DETECTOR_ERROR}")
-    return estimates, list(interpreter.notes), booleans
+    return estimates, interpreter.notebook.for_outputs(jaxpr.jaxpr, wanted), booleans

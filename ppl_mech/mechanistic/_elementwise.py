@@ -287,7 +287,7 @@ def force(state: State, h: Handle) -> Handle:
     else:
         new = _quadrature(state, base, fn, h.origin, h.data.get("jumps", ()))
         if h.data.get("stairs"):
-            state.note(STAIRS_NOTE)
+            state.note(STAIRS_NOTE, at=h.at)
     if structure[0] != "affine" or base.data.get("closure"):
         new.data["closure"] = True  # a moment-matched Gaussian of a non-Gaussian value
     state.become(h, new)

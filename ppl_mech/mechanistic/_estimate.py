@@ -27,13 +27,17 @@ INDEPENDENCE_NOTE = "independence presumption: units treated as independent ({fa
 
 def propagate(model: Callable, args: Sequence, kwargs: Mapping, *, family: str,
               sites: Sequence[str] | None, key, num_samples: int, relu: str = "exact"):
-    """Traceable core: ``({site: {'value', 'stderr', ...}}, notes, booleans)``."""
+    """Traceable core: ``({site: {'value', 'stderr', ...}}, {site: notes}, booleans)``."""
     program, wanted = mechanized_program(model, args, kwargs, sites)
     jaxpr = program.make_jaxpr(wanted)
     state = State(family, relu=relu)
     if family != "gaussian":
         state.note(INDEPENDENCE_NOTE.format(family=family))
-    inputs = [input_handle(site, state) for site in program.latents.values()]
+    inputs = []
+    for k, site in enumerate(program.latents.values()):
+        state.notebook.at = ("input", k)
+        inputs.append(input_handle(site, state))
+        inputs[-1].at = ("input", k)
     if family == "gaussian":  # latent sites are independent of each other
         gaussian = [h for h in inputs if h.kind == "moments"]
         for i, a in enumerate(gaussian):
@@ -41,15 +45,15 @@ def propagate(model: Callable, args: Sequence, kwargs: Mapping, *, family: str,
                 state.set_cov(a, b, jnp.zeros((a.size, b.size), a.data["mean"].dtype))
     interpreter = Interpreter(state, key=key, num_samples=num_samples)
     outs = interpreter.run(jaxpr.jaxpr, jaxpr.consts, inputs, top_level=True)
-    estimates = {
-        name: interpreter.output(value, f"output site {name!r}")
-        for name, value in zip(wanted, outs, strict=True)
-    }
+    estimates = {}
+    for name, value in zip(wanted, outs, strict=True):
+        state.notebook.at = ("output", name)
+        estimates[name] = interpreter.output(value, f"output site {name!r}")
     for est in estimates.values():
         for key_, number in state.numbers.items():
             est[key_] = number
     booleans = {name: program.outputs[name].is_boolean for name in wanted}
-    return estimates, list(state.notes), booleans
+    return estimates, state.notebook.for_outputs(jaxpr.jaxpr, wanted), booleans
 
 
 def mechanistic_estimate(
@@ -111,5 +115,5 @@ def mechanistic_estimate(
             lo, hi = jnp.clip(lo, 0, 1), jnp.clip(hi, 0, 1)
         diagnostics = {k: v for k, v in est.items() if k not in ("value", "stderr")}
         results[name] = SiteResult(value, stderr, (lo, hi), diagnostics, cost, method,
-                                   is_probability, tuple(side["notes"]))
+                                   is_probability, tuple(side["notes"][name]))
     return Results(results, method=method)

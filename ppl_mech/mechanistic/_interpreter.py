@@ -246,6 +246,8 @@ class Interpreter:
         for i, eqn in enumerate(jaxpr.eqns):
             values = [read(v) for v in eqn.invars]
             pending: list = []
+            if top_level:
+                self.state.notebook.at = i
             if any(isinstance(x, Handle) for x in values):
                 if eqn.primitive.name in CALL_JAXPR_PARAMS:
                     outs, pending = self.call(eqn, values)
@@ -257,6 +259,8 @@ class Interpreter:
                 with jax.ensure_compile_time_eval():
                     outs = bind_eqn(eqn, values)
             for var, value in zip(eqn.outvars, outs, strict=True):
+                if top_level and isinstance(value, Handle) and value.at is None:
+                    value.at = i
                 bind(var, value, i)
             for value in pending:
                 self.release(value)

@@ -27,13 +27,15 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from ._notes import NoteBook
+
 _ids = itertools.count()
 
 
 class Handle:
     """Identity of one random array in the program (shared by aliases across sub-jaxprs)."""
 
-    __slots__ = ("id", "shape", "dtype", "kind", "data", "origin")
+    __slots__ = ("id", "shape", "dtype", "kind", "data", "origin", "at")
 
     def __init__(self, shape, dtype, kind: str, data: dict[str, Any], origin: str):
         self.id = next(_ids)
@@ -42,6 +44,7 @@ class Handle:
         self.kind = kind
         self.data = data  # kind-specific arrays (mean, var, lo, hi, p, probs, events...)
         self.origin = origin  # the site or equation that made it, for error messages
+        self.at = None  # the top-level equation or input that made it, for notes (``_notes``)
 
     @property
     def size(self) -> int:
@@ -60,7 +63,7 @@ class State:
             once per unordered pair.
         active: ids of handles a later equation still uses (cross blocks are kept
             between these only).
-        notes: approximations made, reported in the result's diagnostics.
+        notebook: approximations made, each filed where it was made (``_notes``).
     """
 
     def __init__(self, family: str, relu: str = "exact"):
@@ -68,7 +71,7 @@ class State:
         self.relu = relu  # "exact" (Phi_2 closed form) or "hermite" (Mehler series) covariances
         self.cov: dict[tuple[int, int], Any] = {}
         self.active: dict[int, Handle] = {}
-        self.notes: list[str] = []
+        self.notebook = NoteBook()
         self.numbers: dict[str, Any] = {}
         self.categorical_roots: dict[str, Handle] = {}
 
@@ -113,9 +116,9 @@ class State:
         """Keep the worst (largest) value of a numeric diagnostic."""
         self.numbers[key] = value if key not in self.numbers else jnp.maximum(self.numbers[key], value)
 
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
+    def note(self, text: str, at=None) -> None:
+        """Record an approximation, made here or (``at``) where the value it concerns was made."""
+        self.notebook.add(text, at)
 
 
 def flat(x) -> Any:
