@@ -411,3 +411,40 @@ def test_notes_belong_to_the_sites_they_concern(family, options):
     assert not any("staircase" in n for n in r["linear"].notes)
     assert any("staircase" in n for n in r["first"].notes)
     assert any("staircase" in n for n in r["second"].notes)
+
+
+@pytest.mark.parametrize("family, options", FAMILIES_WITH_JUMP_RULES)
+def test_kinks_of_clip_min_abs_are_cut(family, options):
+    """clip(x, 0, 0.2) of a Gaussian was 7% off in mean and 16% in variance under Gauss-Hermite."""
+    loc, scale = -1.12, 1.2
+    grid = np.linspace(-12.0, 12.0, 400_001) * scale + loc
+    density = stats.norm.pdf(grid, loc, scale) * (grid[1] - grid[0])
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(loc, scale))
+        numpyro.deterministic("clip", jnp.clip(x, 0.0, 0.2))
+        numpyro.deterministic("min", jnp.minimum(x, 0.5))
+        numpyro.deterministic("abs", jnp.abs(x - 0.7))
+
+    r = handlers.mechanize(model, family=family, **options)()
+    for site, fn in (("clip", lambda v: np.clip(v, 0.0, 0.2)), ("min", lambda v: np.minimum(v, 0.5)),
+                     ("abs", lambda v: np.abs(v - 0.7))):
+        mean = np.sum(density * fn(grid))
+        variance = np.sum(density * fn(grid) ** 2) - mean**2
+        assert float(r[site].value) == pytest.approx(mean, rel=2e-3), site
+        assert float(r[site].diagnostics["variance"]) == pytest.approx(variance, rel=5e-3), site
+
+
+def test_argmax_of_a_closure_and_discrete_values_mixed_with_reals_are_noted():
+    w = np.random.default_rng(0).normal(size=(3, 3))
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        b = numpyro.sample("b", dist.Bernoulli(0.3))
+        numpyro.deterministic("argmax", jnp.argmax(jnp.tanh(x) @ w) == 2)
+        numpyro.deterministic("mixed", jax.nn.relu(3.0 * b + x[0] - 2.0))
+
+    r = handlers.mechanize(model, family="diagonal")()
+    assert any("Gaussian closure" in n for n in r["argmax"].notes)
+    assert any("two-point (discrete) value mixed with real values" in n for n in r["mixed"].notes)
+    assert not any("two-point" in n for n in r["argmax"].notes)

@@ -361,6 +361,10 @@ class Interpreter:
         if is_bool:
             raise UnsupportedPrimitiveError(f"{where}: no rule for boolean {name!r} of a real value")
         if "two_point" in kinds:  # mixed with real values: use the two-point law's moments
+            self.state.note(f"{where}: a two-point (discrete) value mixed with real values is replaced by "
+                            "a Gaussian of its mean and variance; nonlinearities and thresholds "
+                            "downstream can be far off (relu(3 b + x - 2), b ~ Bernoulli(0.3): 0.265 for "
+                            "0.331)")
             values = [self.moments(x, where) if isinstance(x, Handle) else x for x in values]
             kinds = {values[i].kind for i in random}
         # decided before forcing: forcing mutates lazy handles in place, and a block reads their bases
@@ -856,7 +860,8 @@ class Interpreter:
             raise UnsupportedPrimitiveError(
                 f"{where}: {name!r} of a random value held as a continuous message has probability 0 "
                 "or 1; compare with a threshold instead (values of a discrete site can be compared "
-                "exactly while each unit reads one token, or two different tokens, of one site)"
+                "exactly while each unit reads one token, or two different tokens, of one site; "
+                "jnp.remainder and jnp.mod emit such a test: use jax.lax.rem for a random dividend)"
             )
         if len(random) == 1:
             pre = self.preimage_of(values[random[0]])
@@ -1029,6 +1034,7 @@ class Interpreter:
         h = values[random[0]]
         k = int(np.asarray(values[1 - random[0]]))
         source, axis = h.data["source"], h.data["axis"]
+        self.note_closure(source, where)  # argmax == k is a polytope of the source's units
         if len(source.shape) != 1 or axis != 0:
             raise UnsupportedPrimitiveError(f"{where}: argmax == k is supported for vectors only")
         n = source.shape[0]
