@@ -346,7 +346,8 @@ def _check_observed_sites_are_constant(program, observed_msgs, model, args, kwar
             raise ModelError(
                 f"observed site {name!r} has a distribution that depends on latent sites; "
                 "ppl_mech estimates expectations under the model's input distribution and does "
-                "not condition on observations. Remove obs= (or substitute the latent sites)."
+                "not condition on observations. Remove obs= (or substitute the latent sites); a "
+                "numpyro.factor is such an observed site: make its term a deterministic site instead."
             )
 
 

@@ -52,7 +52,7 @@ from ppl_mech._errors import ModelError
 from ppl_mech._intervals import student_interval
 from ppl_mech._result import SiteResult
 
-from ._engine import Context, effective_sample_size, plain_monte_carlo
+from ._engine import Context, effective_sample_size, no_event_note, plain_monte_carlo
 from ._mcmc import num_discrete_elements, pcn_move, resample_move
 from ._score import check_score_implies
 
@@ -119,7 +119,8 @@ def run_ams(
     if not np.all(out["done"]):
         raise ModelError(
             f"ams: {int(np.sum(~out['done']))} replica(s) did not reach the catastrophe level within "
-            f"max_levels={max_levels} levels; raise max_levels or kill_fraction"
+            f"max_levels={max_levels} levels; raise max_levels or kill_fraction (or the detector's "
+            "score is NaN on part of the space, e.g. sqrt or log of a negative value)"
         )
     check_score_implies(out["final_c"], out["final_s"], ctx.target)
     return _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note)
@@ -296,6 +297,10 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
     dominant = dominant_replica_note(estimates)
     results = {}
     lo, hi = student_interval(value, stderr, replicas - 1, ctx.level)
+    empty = () if final_c.any() else (no_event_note(
+        ctx.target, "the final particles (splitting on a discrete site with few values can stall on "
+        "ties of the score; try proposal='itgis' or 'mhis')"),)
+    hi = 1.0 if empty else hi
     results[ctx.target] = SiteResult(
         np.asarray(value), np.asarray(stderr), (np.clip(lo, 0, 1), np.clip(hi, 0, 1)),
         {**common, "ess": effective_sample_size(particle_log_weights), "khat": math.nan,
@@ -305,7 +310,7 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
          "consistent, biased low by O(1/N) when the pCN steps mix poorly; standard error across "
          f"replicas, Student-t interval ({replicas - 1} dof); k-hat does not apply",)
         + ((pilot_note,) if pilot_note else ()) + ((dominant,) if dominant else ())
-        + ((_floor_note(spread, ideal),) if ideal > spread else ()),
+        + ((_floor_note(spread, ideal),) if ideal > spread else ()) + empty,
     )
     total = replicas * n
     for name, site in ctx.sites.items():

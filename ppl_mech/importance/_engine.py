@@ -346,10 +346,7 @@ def weighted_estimates(
                 # zero events under q bound nothing (q may miss the event region): no interval
                 hi = np.where(unseen, 1.0, hi)
                 hi = float(hi) if np.ndim(hi) == 0 else hi
-                site_notes.append(
-                    f"{name}: no event among the {num_samples} draws from the proposal; the estimate 0 "
-                    "is uninformative and its interval is [0, 1]"
-                )
+                site_notes.append(no_event_note(name, f"the {num_samples} draws from the proposal"))
         if acc.log_terms:
             terms = np.concatenate(acc.log_terms)
             diag["khat_site"] = pareto_khat(terms)
@@ -370,6 +367,16 @@ def weighted_estimates(
         results[name] = SiteResult(acc.mean, stderr, (lo, hi), diag, cost, method, site.is_boolean,
                                    tuple(site_notes))
     return results
+
+
+def no_event_note(name: str, among: str) -> str:
+    """The note for a boolean site with no event among ``among``: 0 says nothing; [0, 1]."""
+    return f"{name}: no event among {among}; the estimate 0 is uninformative and its interval is [0, 1]"
+
+
+def nonfinite_note(name: str, method: str) -> str:
+    return (f"{name}: the {method} estimate is not finite (the weights overflowed, or the detector's "
+            "score is NaN on part of the space, e.g. sqrt or log of a negative value); it is not usable")
 
 
 def plain_monte_carlo(site: OutputSite, draws, *, level: float, cost: Cost, method: str, note: str,

@@ -68,8 +68,9 @@ def importance_estimate(
 ) -> Results:
     """See ``handlers.importance``."""
     kwargs = dict(kwargs or {})
-    if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if int(num_samples) < 2:
+        raise ValueError(f"num_samples must be an integer >= 2 (a standard error needs two draws), "
+                         f"got {num_samples!r}")
     program = capture_program(model, args, kwargs)
     LatentSpace.from_program(program)  # unsupported distributions fail here, naming the site
     check_independent_latents(model, args, kwargs, program,

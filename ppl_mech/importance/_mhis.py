@@ -59,7 +59,14 @@ from ppl_mech._intervals import student_interval
 from ppl_mech._result import SiteResult
 
 from ._ams import dominant_replica_note
-from ._engine import Context, effective_sample_size, pareto_khat, plain_monte_carlo
+from ._engine import (
+    Context,
+    effective_sample_size,
+    no_event_note,
+    nonfinite_note,
+    pareto_khat,
+    plain_monte_carlo,
+)
 
 
 def _set_element(k: jax.Array, position, value) -> jax.Array:
@@ -323,16 +330,30 @@ def _annealed(ctx, moves, *, num_samples, temperature, num_levels, steps_per_lev
             continue
         f = np.asarray(out[name], np.float64)  # (replicas, particles, *shape)
         per_replica = np.sum(h.reshape(h.shape + (1,) * (f.ndim - 2)) * f, axis=1) * num_replicas
-        value = per_replica.mean(axis=0) * math.exp(shift)
-        stderr = per_replica.std(axis=0, ddof=1) / math.sqrt(num_replicas) * math.exp(shift)
+        with np.errstate(over="ignore", invalid="ignore"):  # exp(shift) may overflow: inf, noted
+            scale = np.exp(np.float64(shift))
+            value = per_replica.mean(axis=0) * scale
+            stderr = per_replica.std(axis=0, ddof=1) / math.sqrt(num_replicas) * scale
         lo, hi = student_interval(value, stderr, num_replicas - 1, ctx.level)
         diag = dict(common)
         if ctx.keep_draws:
             diag["draws"] = np.reshape(np.asarray(out[name]), (-1,) + f.shape[2:])[:kept]
+        warnings = collapse_notes(np.reshape(per_replica, (num_replicas, -1)))
+        if not np.all(np.isfinite(value)):
+            warnings += (nonfinite_note(name, "mhis"),)
         if site.is_boolean:
             lo, hi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
             diag["events"] = np.sum(np.asarray(out[name]), axis=(0, 1))
-        warnings = collapse_notes(np.reshape(per_replica, (num_replicas, -1)))
+            unseen = np.asarray(diag["events"]) == 0
+            if np.any(unseen):
+                hi = np.where(unseen, 1.0, hi)
+                warnings += (no_event_note(name, f"the final particles of the {num_replicas} runs"),)
+            lost = ~unseen & (np.asarray(value) == 0)
+            if np.any(lost):  # events seen, but their weights underflowed
+                hi = np.where(lost, 1.0, hi)
+                warnings += (f"{name}: final particles are events but their weights underflowed to 0 "
+                             "(the tempered normaliser left float range; exp(4 x) > e^20 did this); the "
+                             "estimate 0 is uninformative and its interval is [0, 1]",)
         results[name] = SiteResult(
             value, stderr, (lo, hi), diag, cost, "importance[mhis]", site.is_boolean,
             (f"mhis (annealed): {num_replicas} independent SMC runs of {particles} particles through "

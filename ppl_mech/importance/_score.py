@@ -255,7 +255,7 @@ UNION_PRIMITIVES = {"or", "reduce_or", "xor"}
 
 def is_union(program: Program, target: str) -> bool:
     """Whether the detector ``target`` joins events with or / any / xor (or a boolean ``select_n``),
-    or thresholds an even function (``abs(y) > t`` is two halfspaces)."""
+    or may split its event otherwise (:func:`_splits_the_event`)."""
     closed = program.make_jaxpr([target])
     found: list[str] = []
 
@@ -268,7 +268,44 @@ def is_union(program: Program, target: str) -> bool:
             return super().rule(eqn, invals, inmargins)
 
     _trace_margins(closed, Spotting())
-    return bool(found) or any(_folds_the_line(eqn) for eqn in _all_equations(closed.jaxpr))
+    equations = list(_all_equations(closed.jaxpr))
+    producer = {v: eqn.primitive.name for eqn in equations for v in eqn.outvars}
+    return bool(found) or any(_splits_the_event(eqn, producer) for eqn in equations)
+
+
+def _all_equations(jaxpr):
+    """Every equation of ``jaxpr`` and of the jaxprs nested in its equations' parameters."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _all_equations(inner)
+
+
+def _splits_the_event(eqn, producer: dict) -> bool:
+    """An equation after which a threshold can be a union of separate regions.
+
+    Even functions (``abs``, ``x**2``, ``x * x``, ``cosh``: ``abs(y) > t`` is two
+    halfspaces), a max or min of random values (``max(x0, x1) > t`` is an or), and De
+    Morgan's ``~(a & b)``. Found anywhere in the detector's jaxpr: it may sit inside a
+    network. (A product of two different values, ``x0 * x1 > t``, is not flagged: gelu
+    and gates are such products too.)
+    """
+    name = eqn.primitive.name
+    random = [v for v in eqn.invars if not isinstance(v, Literal)]
+    if name in ("abs", "square", "cosh", "reduce_max", "reduce_min"):
+        return True
+    if name == "integer_pow":
+        return eqn.params["y"] % 2 == 0
+    if name in ("max", "min"):
+        return len(random) == 2
+    if name == "mul":
+        return len(random) == 2 and random[0] is random[1]
+    if name == "not" and random:
+        return producer.get(random[0]) in ("and", "reduce_and")
+    return False
 
 
 def _all_equations(jaxpr):
@@ -306,7 +343,8 @@ def union_note(program: Program, target: str, proposal: str) -> tuple[str, ...]:
     """A note for a single-Gaussian proposal on a union-shaped detector (empty otherwise)."""
     if not is_union(program, target):
         return ()
-    return (f"{target}: the detector is a union (or / any, or a two-sided threshold such as abs(y) > t); "
+    return (f"{target}: the detector is (or may be) a union (or / any, a threshold of abs or max, "
+            "~(a & b)); "
             f"a single-Gaussian {proposal} proposal can "
             "cover one part of it and miss the others, which no weight diagnostic (ESS, k-hat) shows: "
             "the estimate may be low; check it with proposal='ams' or 'mhis'",)
