@@ -308,28 +308,6 @@ def _splits_the_event(eqn, producer: dict) -> bool:
     return False
 
 
-def _all_equations(jaxpr):
-    """Every equation of ``jaxpr`` and of the jaxprs nested in its equations' parameters."""
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, tuple | list) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    yield from _all_equations(inner)
-
-
-def _folds_the_line(eqn) -> bool:
-    """An even elementwise function (``abs``, ``x**2``, ``x * x``, ``cosh``): thresholds of it are
-    two-sided (found anywhere in the detector's jaxpr: it may sit inside a network)."""
-    name = eqn.primitive.name
-    if name in ("abs", "square", "cosh"):
-        return True
-    if name == "integer_pow":
-        return eqn.params["y"] % 2 == 0
-    return name == "mul" and eqn.invars[0] is eqn.invars[1] and not isinstance(eqn.invars[0], Literal)
-
-
 def _trace_margins(closed, evaluator: _MarginEvaluator):
     """Run ``evaluator`` over ``closed`` abstractly (shapes only); its output margins."""
     def trace(*leaves):
