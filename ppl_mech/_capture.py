@@ -269,15 +269,22 @@ def drop_unused_equations(closed: ClosedJaxpr) -> ClosedJaxpr:
     Equations with effects are kept.
     """
     jaxpr = closed.jaxpr
-    live = {v for v in jaxpr.outvars if isinstance(v, Var)}
-    kept = []
-    for eqn in reversed(jaxpr.eqns):
-        if eqn.effects or any(v in live for v in eqn.outvars):
-            kept.append(eqn)
-            live.update(v for v in eqn.invars if isinstance(v, Var))
+    kept = live_equation_indices(jaxpr)
     if len(kept) == len(jaxpr.eqns):
         return closed
-    return ClosedJaxpr(jaxpr.replace(eqns=kept[::-1]), closed.consts)
+    return ClosedJaxpr(jaxpr.replace(eqns=[jaxpr.eqns[i] for i in kept]), closed.consts)
+
+
+def live_equation_indices(jaxpr) -> list[int]:
+    """Indices, in order, of the equations of ``jaxpr`` its outputs need (or that have effects)."""
+    live = {v for v in jaxpr.outvars if isinstance(v, Var)}
+    kept = []
+    for i in reversed(range(len(jaxpr.eqns))):
+        eqn = jaxpr.eqns[i]
+        if eqn.effects or any(v in live for v in eqn.outvars):
+            kept.append(i)
+            live.update(v for v in eqn.invars if isinstance(v, Var))
+    return kept[::-1]
 
 
 def capture_program(model: Callable, args: Sequence = (), kwargs: Mapping | None = None,

@@ -52,7 +52,7 @@ from ppl_mech._errors import ModelError
 from ppl_mech._intervals import student_interval
 from ppl_mech._result import SiteResult
 
-from ._engine import Context, effective_sample_size, no_event_note, plain_monte_carlo
+from ._engine import Context, effective_sample_size, plain_monte_carlo, widen_where_no_event
 from ._mcmc import num_discrete_elements, pcn_move, resample_move
 from ._score import check_score_implies
 
@@ -297,10 +297,9 @@ def _results(ctx, out, n, replicas, kill_fraction, steps, pilot_note):
     dominant = dominant_replica_note(estimates)
     results = {}
     lo, hi = student_interval(value, stderr, replicas - 1, ctx.level)
-    empty = () if final_c.any() else (no_event_note(
-        ctx.target, "the final particles (splitting on a discrete site with few values can stall on "
-        "ties of the score; try proposal='itgis' or 'mhis')"),)
-    hi = 1.0 if empty else hi
+    hi, empty = widen_where_no_event(
+        ctx.target, final_c.sum(), hi, "the final particles (splitting on a discrete site with few "
+        "values can stall on ties of the score; try proposal='itgis' or 'mhis')")
     results[ctx.target] = SiteResult(
         np.asarray(value), np.asarray(stderr), (np.clip(lo, 0, 1), np.clip(hi, 0, 1)),
         {**common, "ess": effective_sample_size(particle_log_weights), "khat": math.nan,

@@ -340,13 +340,10 @@ def weighted_estimates(
         if site.is_boolean:
             lo, hi = np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
             diag["events"] = acc.events
-            unseen = np.asarray(acc.events) == 0
-            no_events = bool(np.all(unseen))
-            if np.any(unseen):
-                # zero events under q bound nothing (q may miss the event region): no interval
-                hi = np.where(unseen, 1.0, hi)
-                hi = float(hi) if np.ndim(hi) == 0 else hi
-                site_notes.append(no_event_note(name, f"the {num_samples} draws from the proposal"))
+            no_events = bool(np.all(np.asarray(acc.events) == 0))
+            hi, unseen = widen_where_no_event(name, acc.events, hi,
+                                              f"the {num_samples} draws from the proposal")
+            site_notes.extend(unseen)
         if acc.log_terms:
             terms = np.concatenate(acc.log_terms)
             diag["khat_site"] = pareto_khat(terms)
@@ -369,9 +366,19 @@ def weighted_estimates(
     return results
 
 
-def no_event_note(name: str, among: str) -> str:
-    """The note for a boolean site with no event among ``among``: 0 says nothing; [0, 1]."""
-    return f"{name}: no event among {among}; the estimate 0 is uninformative and its interval is [0, 1]"
+def widen_where_no_event(name: str, events, hi, among: str) -> tuple[Any, tuple[str, ...]]:
+    """``(hi, notes)``: where a boolean site saw no event among ``among``, its interval is [0, 1].
+
+    Zero events bound nothing (the draws may have missed the event region), so the upper
+    end becomes 1 and a note says the estimate 0 is uninformative.
+    """
+    unseen = np.asarray(events) == 0
+    if not np.any(unseen):
+        return hi, ()
+    hi = np.where(unseen, 1.0, hi)
+    hi = float(hi) if np.ndim(hi) == 0 else hi
+    return hi, (f"{name}: no event among {among}; the estimate 0 is uninformative and its interval is "
+                "[0, 1]",)
 
 
 def nonfinite_note(name: str, method: str) -> str:

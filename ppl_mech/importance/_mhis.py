@@ -62,10 +62,10 @@ from ._ams import dominant_replica_note
 from ._engine import (
     Context,
     effective_sample_size,
-    no_event_note,
     nonfinite_note,
     pareto_khat,
     plain_monte_carlo,
+    widen_where_no_event,
 )
 
 
@@ -344,11 +344,10 @@ def _annealed(ctx, moves, *, num_samples, temperature, num_levels, steps_per_lev
         if site.is_boolean:
             lo, hi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
             diag["events"] = np.sum(np.asarray(out[name]), axis=(0, 1))
-            unseen = np.asarray(diag["events"]) == 0
-            if np.any(unseen):
-                hi = np.where(unseen, 1.0, hi)
-                warnings += (no_event_note(name, f"the final particles of the {num_replicas} runs"),)
-            lost = ~unseen & (np.asarray(value) == 0)
+            hi, unseen = widen_where_no_event(name, diag["events"], hi,
+                                              f"the final particles of the {num_replicas} runs")
+            warnings += unseen
+            lost = (np.asarray(diag["events"]) > 0) & (np.asarray(value) == 0)
             if np.any(lost):  # events seen, but their weights underflowed
                 hi = np.where(lost, 1.0, hi)
                 warnings += (f"{name}: final particles are events but their weights underflowed to 0 "

@@ -47,7 +47,7 @@ from jax.extend.core import Literal
 
 from ppl_mech import cumulants
 from ppl_mech._bind import bind_eqn
-from ppl_mech._capture import LatentSite
+from ppl_mech._capture import LatentSite, live_equation_indices
 from ppl_mech._errors import UnsupportedDistributionError, UnsupportedPrimitiveError
 
 from ._elementwise import (
@@ -121,14 +121,7 @@ def _reshaper(shape):
 def _live_equations(jaxpr) -> list:
     """``(index, equation)`` of the equations that the outputs depend on (dead code, e.g. an
     unrequested detector, is skipped so that it cannot raise)."""
-    needed = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
-    live = []
-    for i in reversed(range(len(jaxpr.eqns))):
-        eqn = jaxpr.eqns[i]
-        if any(v in needed for v in eqn.outvars) or eqn.effects:
-            live.append((i, eqn))
-            needed.update(v for v in eqn.invars if not isinstance(v, Literal))
-    return live[::-1]
+    return [(i, jaxpr.eqns[i]) for i in live_equation_indices(jaxpr)]
 
 
 class CumulantInterpreter:

@@ -92,7 +92,6 @@ def input_handle(site: LatentSite, state: State) -> Handle:
         p = jnp.broadcast_to(jnp.asarray(fn.mean, jnp.result_type(float)), shape)
         if state.family == "gaussian":  # a two-class categorical: exact through one-hot images
             return categorical_input(site.name, jnp.stack([1 - p, p], axis=-1), shape, dtype)
-        p = jnp.broadcast_to(jnp.asarray(fn.mean, jnp.result_type(float)), shape)
         zero = jnp.zeros(shape, dtype)
         return Handle(shape, dtype, "two_point", {"lo": zero, "hi": zero + 1, "p": p}, origin)
     if isinstance(base, dist.CategoricalProbs | dist.CategoricalLogits):

@@ -39,7 +39,7 @@ from ._level_sets import SLOTS as LEVEL_SET_SLOTS
 from ._level_sets import interval_probability, level_set_intervals
 from ._linear import LINEAR_PRIMITIVES, affine_image, bind_with, is_affine, linear_rule
 from ._predicates import predicate_only_vars, same_shape
-from ._state import Handle, State, variance_of
+from ._state import Handle, State, boolean_law, variance_of
 from ._thresholds import ReluPreimage, flat_affine, relu_preimage, threshold_margin
 
 CALL_JAXPR_PARAMS = {
@@ -324,9 +324,7 @@ class Interpreter:
             if (kinds == {"categorical"} and elementwise and is_bool and len(random) == 2
                     and same_shape(eqn) and categorical.unit_tokens(values, random, out_aval.shape)[2]):
                 p = categorical.pair_probability(eqn, values, random)
-                zero = jnp.zeros(out_aval.shape, jnp.bool_)
-                return [Handle(out_aval.shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p},
-                               where)]
+                return [boolean_law(out_aval.shape, p, where)]
             reduction = name in ("reduce_and", "reduce_or", "reduce_max", "reduce_min") and is_bool
             independent = kinds == {"categorical"} and (
                 (elementwise and categorical.unit_tokens(values, random, out_aval.shape)[2])
@@ -645,8 +643,7 @@ class Interpreter:
         p = categorical.expectation(x)
         if not independent:
             self.state.note(f"detector on categorical site {x.data['site']!r}: independence presumption")
-        zero = jnp.zeros(x.shape, jnp.bool_)
-        return Handle(x.shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
+        return boolean_law(x.shape, p, where)
 
     def compose_on_one_base(self, eqn, values, random, where) -> Handle | None:
         """The lazy chain of an elementwise ``eqn`` whose random operands share one base, else None."""
@@ -772,10 +769,8 @@ class Interpreter:
         strict = name in ("gt", "lt")
         margin = sign * (fn(mean) - threshold)
         at_mean = margin > 0 if strict else margin >= 0
-        zero = jnp.zeros(shape, jnp.bool_)
         if self.state.family == "mean":  # the base is a point
-            p = at_mean.astype(mean.dtype)
-            return Handle(shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
+            return boolean_law(shape, at_mean.astype(mean.dtype), where)
         lower, upper, dropped = level_set_intervals(fn, threshold, sign, mean, var, strict=strict)
         self.state.record("level_set_dropped_intervals", dropped)
         self.state.note(f"{where}: a comparison of a non-monotone elementwise function, decided on its "
@@ -793,8 +788,7 @@ class Interpreter:
                 inside = events.elementwise(events.dnf_and, lower_event, upper_event, where)
                 union = inside if union is None else events.elementwise(events.dnf_or, union, inside, where)
             return Handle(shape, jnp.bool_, "events", {"events": union}, where)
-        p = interval_probability(lower, upper, mean, var, at_mean)
-        return Handle(shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
+        return boolean_law(shape, interval_probability(lower, upper, mean, var, at_mean), where)
 
     # --- rules --------------------------------------------------------------------------
     def product(self, a: Handle, b: Handle, where: str) -> Handle:
@@ -899,8 +893,7 @@ class Interpreter:
                           (mean > 0).astype(mean.dtype))
             if independent:
                 state.note("comparison of two random values: independence presumption")
-        zero = jnp.zeros(shape, jnp.bool_)
-        return Handle(shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, where)
+        return boolean_law(shape, p, where)
 
     def discrete(self, eqn, values, random, where, independent: bool = False) -> Handle:
         """Rules for booleans (events / two-point laws) and argmax comparisons.
@@ -935,8 +928,7 @@ class Interpreter:
                 q = jnp.prod(p[0], axis=eqn.params["axes"])
             else:
                 q = 1 - jnp.prod(1 - p[0], axis=eqn.params["axes"])
-            zero = jnp.zeros(aval.shape, jnp.bool_)
-            return Handle(aval.shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": q}, where)
+            return boolean_law(aval.shape, q, where)
         if name in STRUCTURAL:
             fields = {}
             for field in ("lo", "hi", "p"):
@@ -1064,8 +1056,7 @@ class Interpreter:
             p = jnp.sum(weights * jnp.prod(cdf, axis=1))
             state.note("argmax == k: independence presumption")
         p = p if name == "eq" else 1 - p
-        return Handle((), jnp.bool_, "two_point",
-                      {"lo": jnp.zeros((), bool), "hi": jnp.ones((), bool), "p": p}, where)
+        return boolean_law((), p, where)
 
     # --- outputs -------------------------------------------------------------------------
     def output(self, value, where: str) -> dict[str, Any]:

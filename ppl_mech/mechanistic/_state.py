@@ -54,6 +54,12 @@ class Handle:
         return f"Handle#{self.id}({self.kind}, {self.shape}, from {self.origin})"
 
 
+def boolean_law(shape, p, origin: str) -> Handle:
+    """A boolean ``two_point`` handle: each unit is ``True`` with probability ``p``."""
+    zero = jnp.zeros(shape, jnp.bool_)
+    return Handle(shape, jnp.bool_, "two_point", {"lo": zero, "hi": ~zero, "p": p}, origin)
+
+
 class State:
     """Messages of the live random handles, plus bookkeeping of what is still needed.
 
