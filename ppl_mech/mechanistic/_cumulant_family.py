@@ -433,7 +433,7 @@ class CumulantInterpreter:
                     return jax.vmap(flat, in_axes=1, out_axes=1)(z)
 
                 columns.__name__ = f"fused elementwise chain at {h.origin}"
-                rule = _cut_rule(h.data.get("jumps", ()), shape)
+                rule = _cut_rule(h.data.get("jumps", ()), h.data.get("soft", ()), shape)
                 if h.data.get("stairs"):
                     self.note(STAIRS_NOTE, at=h.at)
                 if self.order > 1:
@@ -474,18 +474,20 @@ class CumulantInterpreter:
         }
 
 
-def _cut_rule(jumps, shape):
-    """The piecewise quadrature of a chain with jumps (``quadrature_rule``), on flat units, or None."""
-    if not jumps:
+def _cut_rule(jumps, soft, shape):
+    """The piecewise quadrature of a chain with jumps or soft steps (``quadrature_rule``), on flat
+    units, or None."""
+    if not jumps and not soft:
         return None
 
     def flat_gap(gap):
         return lambda z: jnp.reshape(gap(jnp.reshape(z, shape)), z.shape)
 
     flat_jumps = tuple(flat_gap(g) for g in jumps)
+    flat_soft = tuple((flat_gap(g), direction, scale) for g, direction, scale in soft)
 
     def rule(mean, std):
-        nodes, weights = quadrature_rule(mean, std, flat_jumps)  # nodes on the leading axis
+        nodes, weights = quadrature_rule(mean, std, flat_jumps, flat_soft)  # nodes on the leading axis
         return jnp.moveaxis(nodes, 0, -1), jnp.moveaxis(weights, 0, -1)
 
     return rule

@@ -11,7 +11,11 @@ when something non-elementwise consumes it (a matmul, a reduction, an output):
 * ``pre-affine -> relu | exp | square -> post-affine``: closed forms
   (ReLU mean/variance/bivariate covariance; lognormal; Isserlis);
 * anything else: Gauss–Hermite quadrature for means, variances and the Stein
-  coefficient ``E[f'(x)]`` -- or, when the chain jumps (a comparison of the
+  coefficient ``E[f'(x)]`` -- or, when the chain holds a soft step (``tanh``,
+  ``logistic``, ``erf``, ``erfc``, ``atan``; a saturated or steep unit is one Gauss–Hermite
+  aliases: ``E tanh(x)``, ``x ~ N(10, 20**2)``, was 0.314 for 0.383, and a tanh layer
+  with pre-activation sd ~17 had its means 3x low), Gauss–Legendre on panels graded
+  toward the step (within ~1e-8); or, when the chain jumps (a comparison of the
   chain chooses a branch: ``where(y > 1, 1.0, 0.0)``, ``where(y > 1, y + 2, y)``,
   or a staircase: ``sign``, ``floor``, ``ceil``, ``round``, ``rem``),
   Gauss–Legendre on each piece between the jumps in probability coordinates
@@ -70,6 +74,11 @@ CLOSURE_INPUT_NOTE = (
     "(relu(relu(x0) + relu(x1) - 2): 0.027 for 0.057)"
 )
 PIECE_END = 38.0  # standard deviations: the outer pieces end here (Phi(-38) is 0 in float64)
+FIXED_CUTS = (-3.0, -1.5, 1.5, 3.0)  # standard deviations: unbounded f converge ~100x better cut here
+SOFT_STEPS = {"tanh": 1.0, "logistic": 0.5, "erf": 1.0, "erfc": 1.0, "atan": 1.0}  # slope at 0
+GRADED_FIXED = (-9.0, -6.0, -4.0, -2.5, -1.25, 0.0, 1.25, 2.5, 4.0, 6.0, 9.0)  # sd: panels of soft chains
+GRADES = (0.0, 0.5, -0.5, 2.0, -2.0, 8.0, -8.0)  # step widths: breakpoints around each soft step
+GRADED_NODES = 8
 
 
 def is_elementwise(eqn) -> bool:
@@ -128,6 +137,8 @@ def compose(eqn, values: list, operands: dict[int, Handle], base: Handle, where:
         structure = ("closed", parts[0], "square", _identity)
     jumps = tuple(j for i in positions if operands[i].kind == "lazy"
                   for j in operands[i].data.get("jumps", ()))
+    soft = tuple(f for i in positions if operands[i].kind == "lazy"
+                 for f in operands[i].data.get("soft", ()))
     if name in STEPS:
         def gap(z):  # the comparison flips where this crosses 0
             ops = [parts[positions.index(i)](z) if i in positions else values[i] for i in range(len(values))]
@@ -139,16 +150,17 @@ def compose(eqn, values: list, operands: dict[int, Handle], base: Handle, where:
         jumps += (staircase,)
     if len(positions) == 1:
         jumps += _kink_gaps(name, parts[0], values, positions[0])
+    incoming = [operands[i].data.get("monotone", 0) if operands[i].kind == "lazy" else 1 for i in positions]
+    if name in SOFT_STEPS and len(positions) == 1:
+        soft += ((parts[0], incoming[0], SOFT_STEPS[name]),)
     stairs = any(operands[i].kind == "lazy" and operands[i].data.get("stairs") for i in positions) or (
         staircase is not None and name != "sign"
     )
-    monotone = _monotone_step(eqn, values, positions, [
-        operands[i].data.get("monotone", 0) if operands[i].kind == "lazy" else 1 for i in positions
-    ])
+    monotone = _monotone_step(eqn, values, positions, incoming)
     return Handle(
         eqn.outvars[0].aval.shape, eqn.outvars[0].aval.dtype, "lazy",
         {"base": base, "fn": fn, "structure": structure, "monotone": monotone, "jumps": jumps,
-         "stairs": stairs}, where,
+         "soft": soft, "stairs": stairs}, where,
     )
 
 
@@ -257,9 +269,14 @@ def _monotone_step(eqn, values, positions, incoming) -> int:
     Tracked so that a comparison of a monotone chain (``sigmoid(y) > 0.999``,
     ``tanh(y) < -0.9``) can be decided on its Gaussian base by inverting the threshold.
     """
+    name = eqn.primitive.name
+    if len(positions) == 2 and 0 != incoming[0] == incoming[1] and name in ("add", "add_any"):
+        return incoming[0]  # a sum of two chains rising together (gelu's x + c x**3) rises too
+    if len(positions) == 2 and 0 != incoming[0] == -incoming[1] and name == "sub":
+        return incoming[0]
     if len(positions) != 1 or incoming[0] == 0:
         return 0
-    m, pos, name = incoming[0], positions[0], eqn.primitive.name
+    m, pos = incoming[0], positions[0]
     others = [v for i, v in enumerate(values) if i != pos]
     if name == "convert_element_type" and not jnp.issubdtype(eqn.params["new_dtype"], jnp.floating):
         return 0  # to bool (x != 0) is not monotone
@@ -312,7 +329,7 @@ def force(state: State, h: Handle) -> Handle:
         if structure[2] == "relu":
             new.data["preimage"] = relu_preimage(base, structure[1], structure[3])
     else:
-        new = _quadrature(state, base, fn, h.origin, h.data.get("jumps", ()))
+        new = _quadrature(state, base, fn, h.origin, h.data.get("jumps", ()), h.data.get("soft", ()))
         if h.data.get("stairs"):
             state.note(STAIRS_NOTE, at=h.at)
     if structure[0] != "affine" and base.data.get("closure") and state.family != "mean":
@@ -383,7 +400,7 @@ def _closed(state: State, base: Handle, structure, origin: str) -> Handle:
     )
 
 
-def hermite_coefficients(fn: Callable, mean, std, order: int, degree: int = GAUSS_HERMITE_DEGREE):
+def hermite_coefficients(fn: Callable, mean, std, order: int, degree: int = GAUSS_HERMITE_DEGREE, rule=None):
     """Orthonormal Hermite coefficients ``c_k = E[f(m + s Z) He_k(Z)] / sqrt(k!)``, k = 0..order.
 
     Returns an array of shape ``(order + 1,) + mean.shape``. Unlike
@@ -394,7 +411,7 @@ def hermite_coefficients(fn: Callable, mean, std, order: int, degree: int = GAUS
     slowly for ``He_k`` (errors 0.01-0.035 at k >= 3 with 24 nodes per piece on a leaky
     ReLU, against 0.0016 for 64-point Gauss–Hermite).
     """
-    nodes, weights = _hermite_rule(mean, degree)
+    nodes, weights = _hermite_rule(mean, degree) if rule is None else rule
     values = _node_values(fn, mean, std, nodes, weights)  # (Q, *shape)
     he = [jnp.ones_like(nodes), nodes]
     for k in range(1, order):
@@ -417,23 +434,95 @@ def _node_values(fn: Callable, mean, std, nodes, weights):
     return jnp.where(weights > 0, values, 0.0)
 
 
-def quadrature_rule(mean, std, jumps=()):
+def quadrature_rule(mean, std, jumps=(), soft=()):
     """``(nodes, weights)`` for ``E f(mean + std Z)``: standardized nodes, probability weights.
 
-    Without jumps, Gauss–Hermite. With jumps (functions whose sign change is a
-    discontinuity of ``f``), the line is cut at every crossing of each (found per unit
-    by :func:`level_set_intervals`, implicit-function gradients) and at 0, and each
-    piece gets ``PIECE_NODES`` Gauss–Legendre nodes in ``u = Phi(z)`` (below 0) or
-    ``Phi(-z)`` (above 0), so far-tail pieces keep their relative precision.
+    * Neither jumps nor soft steps: Gauss–Hermite.
+    * Jumps (functions whose sign change is a discontinuity of ``f``): the line is cut
+      at every crossing of each (found per unit by :func:`level_set_intervals`,
+      implicit-function gradients), at 0 and at ``FIXED_CUTS``, and each piece gets
+      ``PIECE_NODES`` Gauss–Legendre nodes in ``u = Phi(z)`` (below 0) or ``Phi(-z)``
+      (above 0), so far-tail pieces keep their relative precision. Soft steps in the
+      same chain are cut there too.
+    * Soft steps only (``tanh``, ``logistic``, ``erf``, ``erfc``, ``atan``;
+      :func:`soft_cuts`): Gauss–Legendre in ``z`` on panels graded toward each step
+      (:func:`_graded_rule`), accurate to ~1e-8 whether the step is gentle or far
+      steeper than the Gaussian's spread, where 64-point Gauss–Hermite aliases it
+      (``E tanh(x)``, ``x ~ N(10, 20**2)``: 0.314 for 0.383).
     """
-    if not jumps:
+    if not jumps and not soft:
         return _hermite_rule(mean)
+    cuts, widths = soft_cuts(soft, mean, std) if soft else (None, None)
+    if not jumps:
+        return _graded_rule(mean, cuts, widths)
     safe = jnp.where(std > 0, std, 1.0)
-    cuts = [jnp.zeros((1,) + mean.shape, mean.dtype)]
+    pieces = [] if cuts is None else [cuts]
     for gap in jumps:
         lower, upper, _ = level_set_intervals(gap, 0.0, 1, mean, jnp.square(std))
-        cuts += [(lower - mean) / safe, (upper - mean) / safe]
-    cuts = jnp.clip(jnp.concatenate(cuts), -PIECE_END, PIECE_END)
+        pieces += [(lower - mean) / safe, (upper - mean) / safe]
+    return _piecewise_rule(mean, jnp.concatenate(pieces))
+
+
+def soft_cuts(soft, mean, std):
+    """``(cuts, widths)``: where each soft step of the chain is centred and how wide it is, in
+    standard deviations of the base, per unit (leading axis: one row per crossing).
+
+    ``soft`` holds ``(inner, direction, scale)`` for each ``tanh``/``logistic``/``erf``/
+    ``erfc``/``atan`` of the chain: the step sits where ``inner`` crosses 0 and is about
+    ``1 / scale`` wide in ``inner``'s units, so ``1 / (scale * std * |inner'(c)|)`` sd of
+    the base. Monotone ``inner`` chains are bisected (:func:`monotone_crossing`); others go
+    through :func:`level_set_intervals` (up to ``SLOTS`` crossings). ``f`` is continuous
+    at these cuts, so where they sit carries no gradient (they are held fixed).
+    """
+    safe = jnp.where(std > 0, std, 1.0)
+    variance = jnp.square(std)
+    cuts, widths = [], []
+    for inner, direction, scale in soft:
+        if direction:
+            points = monotone_crossing(inner, 0.0, direction, mean, variance, halvings=24)[None]
+        else:
+            lower, upper, _ = level_set_intervals(inner, 0.0, 1, mean, variance)
+            points = jnp.concatenate([lower, upper])
+        points = jax.lax.stop_gradient(points)
+        slope = jax.vmap(lambda c, g=inner: jax.jvp(g, (c,), (jnp.ones_like(c),))[1])(points)
+        steepness = scale * std * jnp.abs(slope)
+        cuts.append((points - mean) / safe)
+        widths.append(1.0 / jnp.clip(steepness, 1.0, 1e6))
+    return jax.lax.stop_gradient(jnp.concatenate(cuts)), jax.lax.stop_gradient(jnp.concatenate(widths))
+
+
+def _graded_rule(mean, cuts, widths):
+    """Gauss–Legendre in ``z`` (``GRADED_NODES`` per panel, density weights renormalised to sum
+    to 1) on ``GRADED_FIXED`` panels over ``+-9`` sd, each step's centre ``c`` adding the
+    breakpoints ``c + width * (0, +-0.5, +-2, +-8)``: panels as wide as the step near it,
+    wider away. (Measured against fine quadrature: mean and variance within 1e-8 relative for
+    tanh, sigmoid, gelu and softplus from sd 1 to 20, steps up to 50x steeper than the sd.)
+    Beyond 9 sd the mass, 2e-19, is dropped.
+    """
+    shape = mean.shape
+    pad = (1,) * mean.ndim
+    fixed = jnp.broadcast_to(jnp.reshape(jnp.asarray(GRADED_FIXED, mean.dtype), (-1,) + pad),
+                             (len(GRADED_FIXED),) + shape)
+    grades = jnp.reshape(jnp.asarray(GRADES, mean.dtype), (-1, 1) + pad)
+    graded = jnp.reshape(cuts[None] + widths[None] * grades, (-1,) + shape)
+    edges = jnp.sort(jnp.clip(jnp.concatenate([fixed, graded]), -GRADED_FIXED[-1], GRADED_FIXED[-1]),
+                     axis=0)
+    a, b = edges[:-1][:, None], edges[1:][:, None]
+    t, w = np.polynomial.legendre.leggauss(GRADED_NODES)
+    t = jnp.reshape(jnp.asarray((t + 1) / 2, mean.dtype), (1, -1) + pad)
+    w = jnp.reshape(jnp.asarray(w / 2, mean.dtype), (1, -1) + pad)
+    z = a + (b - a) * t
+    weights = (b - a) * w * jnp.exp(-0.5 * z * z)
+    weights = weights / jnp.sum(weights, axis=(0, 1))
+    return jnp.reshape(z, (-1,) + shape), jnp.reshape(weights, (-1,) + shape)
+
+
+def _piecewise_rule(mean, cuts):
+    """Gauss–Legendre in probability coordinates on the pieces between ``cuts`` (standardized,
+    ``(C, *shape)``), 0 and ``FIXED_CUTS``; ``(nodes, weights)`` on a leading axis."""
+    fixed = jnp.reshape(jnp.asarray((0.0,) + FIXED_CUTS, mean.dtype), (-1,) + (1,) * mean.ndim)
+    cuts = jnp.clip(jnp.concatenate([jnp.broadcast_to(fixed, (fixed.shape[0],) + mean.shape), cuts]),
+                    -PIECE_END, PIECE_END)
     ends = jnp.full((1,) + mean.shape, PIECE_END, mean.dtype)
     cuts = jnp.sort(jnp.concatenate([-ends, cuts, ends]), axis=0)  # (C, *shape)
     a, b = cuts[:-1], cuts[1:]  # pieces, each on one side of 0
@@ -454,11 +543,11 @@ def quadrature_rule(mean, std, jumps=()):
     return jnp.reshape(z, shape), jnp.reshape(weights, shape)
 
 
-def _quadrature(state: State, base: Handle, fn: Callable, origin: str, jumps=()) -> Handle:
+def _quadrature(state: State, base: Handle, fn: Callable, origin: str, jumps=(), soft=()) -> Handle:
     mean = base.data["mean"]
     var = variance_of(state, base)
     std = jnp.sqrt(jnp.maximum(var, 0))
-    nodes, weights = quadrature_rule(mean, std, jumps)  # mean and variance: jumps matter most here
+    nodes, weights = quadrature_rule(mean, std, jumps, soft)  # mean and variance: jumps matter most
     values = _node_values(fn, mean, std, nodes, weights)
     out_mean = jnp.sum(weights * values, axis=0)
     out_var = jnp.maximum(jnp.sum(weights * jnp.square(values), axis=0) - out_mean**2, 0)
@@ -466,7 +555,10 @@ def _quadrature(state: State, base: Handle, fn: Callable, origin: str, jumps=())
     if state.family != "gaussian":
         new.data["var"] = out_var
         return new
-    coefficients = hermite_coefficients(fn, mean, std, MEHLER_ORDER)
+    # soft steps: the graded rule's Hermite coefficients (Gauss–Hermite is 0.07 off to order 16 on
+    # a saturated tanh); jumps keep Gauss–Hermite (see hermite_coefficients)
+    rule = None if jumps or not soft else (nodes, weights)
+    coefficients = hermite_coefficients(fn, mean, std, MEHLER_ORDER, rule=rule)
     safe = jnp.where(std > 0, std, 1.0)
     derivative = jax.jvp(fn, (mean,), (jnp.ones_like(mean),))[1]
     stein = jnp.where(std > 0, coefficients[1] / safe, derivative)

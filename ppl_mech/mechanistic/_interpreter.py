@@ -535,6 +535,7 @@ class Interpreter:
             "base": moved_base, "fn": rebased(h.data["fn"]), "structure": structure,
             "monotone": h.data.get("monotone", 0),
             "jumps": tuple(rebased(j) for j in h.data.get("jumps", ())),
+            "soft": tuple((rebased(g), d, c) for g, d, c in h.data.get("soft", ())),
             "stairs": h.data.get("stairs", False),
         }, where)
 
