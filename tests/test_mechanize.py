@@ -114,6 +114,31 @@ def test_bernoulli_inputs_are_exact_two_point_laws_in_independence_families():
     np.testing.assert_allclose(r["clause"].value, 1 - 0.9 * 0.2 * 0.7, rtol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
+@pytest.mark.parametrize("matmul_first", [True, False])
+def test_a_bernoulli_read_by_a_matmul_keeps_its_law_for_other_uses(family, matmul_first):
+    """The matmul reads the site's exact moments; the other uses still see a two-point law.
+    (Converted in place, the site was a Gaussian for every later use: 0.0525 for 0.1.)"""
+    w, w2 = np.random.default_rng(0).normal(size=(2, 3, 2))
+
+    def model():
+        x = numpyro.sample("x", dist.Bernoulli(0.2).expand([3]).to_event(1)).astype(jnp.float32)
+        if matmul_first:
+            numpyro.deterministic("y", jnp.sum(x @ w) + jnp.sum(x @ w2))
+        numpyro.deterministic("relu", jax.nn.relu(x[0] - 0.5))
+        numpyro.deterministic("event", x[1] > 0.5)
+        if not matmul_first:
+            numpyro.deterministic("y", jnp.sum(x @ w) + jnp.sum(x @ w2))
+
+    r = handlers.mechanize(model, family=family)()
+    a = w.sum(1) + w2.sum(1)
+    assert float(r["relu"].value) == pytest.approx(0.1, rel=1e-5)
+    assert float(r["event"].value) == pytest.approx(0.2, rel=1e-5)
+    assert float(r["y"].value) == pytest.approx(0.2 * a.sum(), rel=1e-5)
+    if family == "gaussian":  # the two matmuls read one exact one-hot root: their correlation is kept
+        assert float(r["y"].diagnostics["variance"]) == pytest.approx(0.16 * np.sum(a**2), rel=1e-5)
+
+
 def test_argmax_detector(x64):
     def model(mu):
         x = numpyro.sample("x", dist.Normal(mu, 1.0).to_event(1))

@@ -280,7 +280,13 @@ def covariance(a: Handle, b: Handle):
 
 
 def to_moments(state: State, h: Handle, where: str) -> Handle:
-    """The exact mean and covariance of a categorical value as a ``moments`` handle (in place).
+    """The exact mean and covariance of a categorical value as a new ``moments`` handle.
+
+    ``h`` itself stays categorical, so its other uses keep the exact law (it used to be
+    converted in place, and a Bernoulli read by a matmul was a Gaussian for every later
+    use: ``relu(x[0] - 0.5)`` after ``x @ w`` gave 0.0525 for 0.1, exact in the other
+    order). The view is made once and kept in ``h.data['as_moments']`` (the interpreter
+    retires it with ``h``).
 
     Under the ``gaussian`` family every categorical value is an exact linear image of
     its site's one-hot encoding (``v_u = sum_k s_uk onehot[t_u, k]``): the one-hot
@@ -288,6 +294,8 @@ def to_moments(state: State, h: Handle, where: str) -> Handle:
     kept for the whole program, so values reaching the network along separate paths
     keep their exact correlation.
     """
+    if "as_moments" in h.data:
+        return h.data["as_moments"]
     site = h.data["site"]
     state.note(MOMENTS_NOTE.format(site=site, family=state.family), at=h.at)
     support = h.data["support"]
@@ -305,12 +313,14 @@ def to_moments(state: State, h: Handle, where: str) -> Handle:
             return jnp.reshape(jnp.where(constant, support[:, 0], jnp.sum(support * picked, axis=-1)),
                                h.shape)
 
-        state.become(h, affine_image(state, fn, [root], where))
-        return h
-    mean = expectation(h)
-    var = jnp.reshape(jnp.diagonal(covariance(h, h)), h.shape)
-    h.kind, h.dtype, h.data = "moments", mean.dtype, {"mean": mean, "var": var}
-    return h
+        view = affine_image(state, fn, [root], where)
+    else:
+        mean = expectation(h)
+        var = jnp.reshape(jnp.diagonal(covariance(h, h)), h.shape)
+        view = Handle(h.shape, mean.dtype, "moments", {"mean": mean, "var": var}, where)
+    view.at = h.at
+    h.data["as_moments"] = view
+    return view
 
 
 def _one_hot_root(state: State, h: Handle) -> Handle:

@@ -196,6 +196,8 @@ class Interpreter:
                 self.release(value.data.pop("extremum")[1])
         if value.kind == "moments" and "provenance" in value.data:
             self.release_provenance(value.data.pop("provenance"))
+        if value.kind == "categorical" and "as_moments" in value.data:
+            self.state.forget(value.data.pop("as_moments"))
         if value.id in self.margins:
             return
         if value.id in self.keep:
