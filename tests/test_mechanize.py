@@ -528,3 +528,35 @@ def test_argmax_of_a_closure_and_discrete_values_mixed_with_reals_are_noted():
     assert any("Gaussian closure" in n for n in r["argmax"].notes)
     assert any("two-point (discrete) value mixed with real values" in n for n in r["mixed"].notes)
     assert not any("two-point" in n for n in r["argmax"].notes)
+
+
+@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
+def test_argmin_is_argmax_of_the_negation(family):
+    mu = np.array([0.0, 0.5, -0.3])
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(jnp.asarray(mu), 1.0).to_event(1))
+        numpyro.deterministic("argmin", jnp.argmin(x) == 2)
+        numpyro.deterministic("argmax", jnp.argmax(-x) == 2)
+
+    r = handlers.mechanize(model, family=family)()
+    grid = np.linspace(-9.0, 9.0, 200_001)  # P[x2 < x0, x2 < x1], integrated over x2
+    density = stats.norm.pdf(grid, mu[2]) * stats.norm.sf(grid, mu[0]) * stats.norm.sf(grid, mu[1])
+    exact = float(np.sum(density) * (grid[1] - grid[0]))
+    assert float(r["argmin"].value) == pytest.approx(exact, rel=1e-4)
+    assert float(r["argmin"].value) == pytest.approx(float(r["argmax"].value), rel=1e-6)
+
+
+@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
+def test_a_staircase_equal_to_a_level_is_the_interval_where_it_sits_there(family):
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.3, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("eq", jnp.round(3.0 * x[0]) == 2)
+        numpyro.deterministic("ne", jnp.round(3.0 * x[1]) != 2)
+        numpyro.deterministic("continuous", jnp.tanh(x[0]) == 0.5)  # probability 0
+
+    r = handlers.mechanize(model, family=family)()
+    exact = stats.norm.cdf(2.5 / 3, 0.3) - stats.norm.cdf(1.5 / 3, 0.3)
+    assert float(r["eq"].value) == pytest.approx(exact, rel=1e-5)
+    assert float(r["ne"].value) == pytest.approx(1 - exact, rel=1e-5)
+    assert float(r["continuous"].value) < 1e-6

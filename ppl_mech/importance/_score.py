@@ -123,8 +123,9 @@ class _MarginEvaluator:
                 env[id(v)] = x
                 if m is not None:
                     menv[id(v)] = m
-                if name == "argmax":
-                    self.argmax_of[id(v)] = (invals[0], eqn.params["axes"][0])
+                if name in ("argmax", "argmin"):  # argmin(x) == k is argmax(-x) == k
+                    operand = invals[0] if name == "argmax" else -_float(invals[0])
+                    self.argmax_of[id(v)] = (operand, eqn.params["axes"][0])
         outs = [read(v) for v in jaxpr.outvars]
         out_margins = [read_margin(v) for v in jaxpr.outvars]
         return outs, out_margins

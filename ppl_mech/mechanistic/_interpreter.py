@@ -52,6 +52,8 @@ STRUCTURAL = {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dim
               "copy", "copy_p", "gather", "dynamic_slice", "concatenate", "select_n", "pad",
               "dynamic_update_slice", "convert_element_type"}
 
+ARG_EXTREMA = ("argmax", "argmin")
+
 
 EXTREMA = {"reduce_max": "reduce_max", "reduce_min": "reduce_min",
            "reduce_window_max": "reduce_max", "reduce_window_min": "reduce_min"}
@@ -347,11 +349,12 @@ class Interpreter:
                 return [chained]
         if name in COMPARISONS or name in ("eq", "ne"):
             return [self.compare(eqn, values, random, where)]
-        if name == "argmax":
+        if name in ARG_EXTREMA:
             x = self.moments(values[0], where)
             self.hold(x)  # released when the argmax handle is dropped
+            sign = 1 if name == "argmax" else -1  # argmin(x) is argmax(-x)
             return [Handle(out_aval.shape, out_aval.dtype, "argmax",
-                           {"source": x, "axis": eqn.params["axes"][0]}, where)]
+                           {"source": x, "axis": eqn.params["axes"][0], "sign": sign}, where)]
         if is_bool and "two_point" in kinds:
             raise UnsupportedPrimitiveError(
                 f"{where}: {name!r} combines two-point booleans (detectors on discrete sites); the "
@@ -413,7 +416,7 @@ class Interpreter:
         predicate, ``max`` of two values, ``reduce_max``, ``sort``) has none.
         """
         name = eqn.primitive.name
-        if eqn.outvars[0].aval.dtype == jnp.bool_ or name in CALL_JAXPR_PARAMS or name == "argmax":
+        if eqn.outvars[0].aval.dtype == jnp.bool_ or name in CALL_JAXPR_PARAMS or name in ARG_EXTREMA:
             return False
         if is_elementwise(eqn) and len({id(self.base_of(values[i])) for i in random}) == 1:
             return False
@@ -456,7 +459,7 @@ class Interpreter:
     def joins_deferred(self, eqn, values, random, kinds) -> bool:
         """Whether ``eqn`` (with a deferred operand) composes into the deferred block."""
         name = eqn.primitive.name
-        if name in ("argmax", "argmin") or name in CALL_JAXPR_PARAMS:
+        if name in ARG_EXTREMA or name in CALL_JAXPR_PARAMS:
             return False  # argmax has its own rule on the forced value
         if name in deferred.UNIT_MIXING and len(random) == 1:
             return False  # a matmul with constant weights: the Gaussian closure's own ground
@@ -760,7 +763,11 @@ class Interpreter:
         return self.margin_event(m, sign, shape, where)
 
     def compare_level_set(self, eqn, values, position: int, h: Handle, where: str) -> Handle:
-        """``f(z) > t`` for a non-monotone elementwise chain: a union of intervals of the Gaussian ``z``."""
+        """``f(z) > t`` for a non-monotone elementwise chain: a union of intervals of the Gaussian ``z``.
+
+        Also ``f(z) == t`` / ``!=``, which has probability only where ``f`` is flat at ``t`` (a
+        staircase: ``round(3 y) == 2``); for a continuous ``f`` it is 0 (no interval).
+        """
         name = eqn.primitive.name
         shape = eqn.outvars[0].aval.shape
         fn = h.data["fn"]
@@ -768,8 +775,13 @@ class Interpreter:
         self.note_closure(base, where)
         mean, var = base.data["mean"], variance_of(self.state, base)
         threshold = jnp.broadcast_to(jnp.asarray(values[1 - position], mean.dtype), shape)
-        sign = COMPARISONS[name] * (1 if position == 0 else -1)
-        strict = name in ("gt", "lt")
+        if name in ("eq", "ne"):  # f == t as -|f - t| >= 0: intervals where a staircase sits at t
+            fn = lambda z, f=fn, t=threshold: -jnp.abs(f(z) - t)  # noqa: E731
+            threshold = jnp.zeros_like(threshold)
+            sign, strict = (1, False) if name == "eq" else (-1, True)
+        else:
+            sign = COMPARISONS[name] * (1 if position == 0 else -1)
+            strict = name in ("gt", "lt")
         margin = sign * (fn(mean) - threshold)
         at_mean = margin > 0 if strict else margin >= 0
         if self.state.family == "mean":  # the base is a point
@@ -853,6 +865,8 @@ class Interpreter:
     def compare(self, eqn, values, random, where) -> Handle:
         name = eqn.primitive.name
         shape = eqn.outvars[0].aval.shape
+        if name in ("eq", "ne") and len(random) == 1 and level_set_chain(values[random[0]], shape):
+            return self.compare_level_set(eqn, values, random[0], values[random[0]], where)  # round(y) == 2
         if name in ("eq", "ne"):
             raise UnsupportedPrimitiveError(
                 f"{where}: {name!r} of a random value held as a continuous message has probability 0 "
@@ -1028,7 +1042,7 @@ class Interpreter:
             )
         h = values[random[0]]
         k = int(np.asarray(values[1 - random[0]]))
-        source, axis = h.data["source"], h.data["axis"]
+        source, axis, sign = h.data["source"], h.data["axis"], h.data["sign"]
         self.note_closure(source, where)  # argmax == k is a polytope of the source's units
         if len(source.shape) != 1 or axis != 0:
             raise UnsupportedPrimitiveError(f"{where}: argmax == k is supported for vectors only")
@@ -1037,7 +1051,7 @@ class Interpreter:
         state = self.state
         if state.family == "gaussian":
             sel = jnp.asarray(others)
-            m = affine_image(state, lambda x: x[k] - x[sel], [source], where)
+            m = affine_image(state, lambda x: sign * (x[k] - x[sel]), [source], where)
             state.activate(m)
             self.margins[m.id] = m
             self.hold(m)
@@ -1045,7 +1059,7 @@ class Interpreter:
             ev = np.empty((), dtype=object)
             ev[()] = dnf if name == "eq" else events.dnf_not(dnf, where)
             return Handle((), jnp.bool_, "events", {"events": ev}, where)
-        mean = source.data["mean"]
+        mean = sign * source.data["mean"]
         if state.family == "mean":
             p = (jnp.argmax(mean) == k).astype(mean.dtype)
         else:
