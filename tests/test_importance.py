@@ -325,6 +325,18 @@ def test_splitting_sizes_itself_to_the_budget():
     assert 0.6 * 2**14 <= r.cost.evaluations <= 1.4 * 2**14, r.cost.evaluations
     assert any("pilot" in note for note in r.notes)
     assert r.diagnostics["num_particles"] >= 32
+    assert not any("spent" in note for note in r.notes)
+
+
+def test_a_run_that_spends_far_more_than_num_samples_says_so():
+    """Splitting's pilot and its floor of 32 particles per replica cost more than a tiny budget."""
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        numpyro.deterministic("catastrophe", x[0] > 3.0)
+
+    r = handlers.importance(model, proposal="ams", num_samples=64, rng_key=KEY)()["catastrophe"]
+    assert r.cost.evaluations > 128
+    assert any(f"spent {r.cost.evaluations} model evaluations for num_samples=64" in n for n in r.notes)
 
 
 def test_splitting_flags_a_replica_that_dominates_the_mean():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -118,4 +119,22 @@ def importance_estimate(
             )
         results = runner(ctx, num_samples=int(num_samples), **options)
         name = proposal
-    return Results(results, method=f"importance[{name}]")
+    return Results(_note_overspending(results, int(num_samples), name), method=f"importance[{name}]")
+
+
+OVERSPENDING = 2.0  # a note when a run costs this many times num_samples or more
+
+
+def _note_overspending(results: dict, num_samples: int, name: str) -> dict:
+    """Say so on every site when the run spent far more evaluations than ``num_samples``.
+
+    Splitting and MHIS size themselves (a pilot, a floor on particles per replica, levels
+    that grow with ``log(1/P)``), so a small ``num_samples`` is a request, not a cap; a
+    comparison at equal cost must read ``cost.evaluations``.
+    """
+    spent = max((int(r.cost.evaluations) for r in results.values()), default=0)
+    if spent < OVERSPENDING * num_samples:
+        return results
+    note = (f"{name}: spent {spent} model evaluations for num_samples={num_samples} (its pilot, minimum "
+            "population and number of levels set the cost); compare estimators by cost.evaluations")
+    return {site: dataclasses.replace(r, notes=r.notes + (note,)) for site, r in results.items()}
