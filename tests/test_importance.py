@@ -430,7 +430,11 @@ def test_splitting_standard_error_is_never_below_the_ideal_one():
     (lambda x: jnp.maximum(x[0], x[1]) > 3.0, True),  # was half of P at z = -46..-97, no note
     (lambda x: ~((x[0] <= 3.0) & (x[1] <= 3.0)), True),
     (lambda x: x[0] + 2.0 * x[1] > 6.0, False),
-], ids=["or", "abs", "square", "max", "de-morgan", "one-sided"])
+    (lambda x: x[0] * x[1] > 9.0, True),  # both positive or both negative: ITGIS gave half of P
+    (lambda x: x[0] * jax.nn.sigmoid(x[1]) > 3.0, False),  # a gate cannot change sign
+    (lambda x: jax.nn.gelu(x @ jnp.array([[1.0, -0.5], [0.3, 2.0]]))[0] > 3.0, False),
+    (lambda x: jnp.maximum(x, jnp.array([0.5, -0.5])).sum() > 4.0, False),  # max with constants
+], ids=["or", "abs", "square", "max", "de-morgan", "one-sided", "product", "gate", "gelu", "max-const"])
 def test_single_gaussian_proposal_on_a_union_gets_a_note(proposal, detector, union):
     def model():
         x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
@@ -478,3 +482,23 @@ def test_too_few_samples_for_a_standard_error_are_refused():
 
     with pytest.raises(ValueError, match="num_samples must be an integer >= 2"):
         handlers.importance(model, proposal="tilted", num_samples=1, rng_key=KEY)()
+
+
+def test_bounds_of_a_detector_jaxpr_are_outer_bounds_and_constants_are_not_random():
+    from ppl_mech.importance._bounds import random_values_and_bounds
+
+    w = jnp.array([2.0, -3.0])
+
+    def f(x):
+        gate = 0.5 * (1.0 + jnp.tanh(x[0]))
+        return gate, jnp.exp(x[1]) * w, jnp.abs(x[0] - 1.0) + jax.nn.sigmoid(x[1]), x[0] * w[0]
+
+    closed = jax.make_jaxpr(f)(jnp.zeros(2))
+    random, bounds = random_values_and_bounds(closed)
+    outs = closed.jaxpr.outvars
+    assert bounds[outs[0]] == (0.0, 1.0)
+    lo, hi = bounds[outs[1]]
+    assert lo == -math.inf and hi == math.inf  # exp(x) in [0, inf) times [-3, 2]
+    assert bounds[outs[2]][0] == 0.0 and bounds[outs[2]][1] == math.inf
+    assert all(v in random for v in outs)
+    assert not any(v in random for v in closed.jaxpr.constvars)

@@ -37,6 +37,8 @@ from ppl_mech._bind import bind_eqn
 from ppl_mech._capture import Program
 from ppl_mech._errors import ModelError, UnsupportedPrimitiveError
 
+from ._bounds import WHOLE_LINE, random_values_and_bounds, straddles_zero
+
 CALL_PRIMITIVES = {"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint",
                    "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"}
 SHAPE_PRIMITIVES = {"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose", "slice",
@@ -271,7 +273,8 @@ def is_union(program: Program, target: str) -> bool:
     _trace_margins(closed, Spotting())
     equations = list(_all_equations(closed.jaxpr))
     producer = {v: eqn.primitive.name for eqn in equations for v in eqn.outvars}
-    return bool(found) or any(_splits_the_event(eqn, producer) for eqn in equations)
+    random, bounds = random_values_and_bounds(closed)
+    return bool(found) or any(_splits_the_event(eqn, producer, random, bounds) for eqn in equations)
 
 
 def _all_equations(jaxpr):
@@ -285,27 +288,29 @@ def _all_equations(jaxpr):
                     yield from _all_equations(inner)
 
 
-def _splits_the_event(eqn, producer: dict) -> bool:
+def _splits_the_event(eqn, producer: dict, random: set, bounds: dict) -> bool:
     """An equation after which a threshold can be a union of separate regions.
 
     Even functions (``abs``, ``x**2``, ``x * x``, ``cosh``: ``abs(y) > t`` is two
-    halfspaces), a max or min of random values (``max(x0, x1) > t`` is an or), and De
-    Morgan's ``~(a & b)``. Found anywhere in the detector's jaxpr: it may sit inside a
-    network. (A product of two different values, ``x0 * x1 > t``, is not flagged: gelu
-    and gates are such products too.)
+    halfspaces), a max or min of two random values (``max(x0, x1) > t`` is an or), a
+    product of two random values that can both change sign (``x0 * x1 > t``: both
+    positive or both negative; a gate ``x * sigmoid(y)`` and gelu cannot, by
+    :mod:`._bounds`), and De Morgan's ``~(a & b)``. Found anywhere in the detector's
+    jaxpr: it may sit inside a network.
     """
     name = eqn.primitive.name
-    random = [v for v in eqn.invars if not isinstance(v, Literal)]
+    # a variable the bounds pass did not reach (a while/cond body) counts as random, unbounded
+    operands = [v for v in eqn.invars if not isinstance(v, Literal) and (v in random or v not in bounds)]
     if name in ("abs", "square", "cosh", "reduce_max", "reduce_min"):
-        return True
+        return bool(operands)
     if name == "integer_pow":
-        return eqn.params["y"] % 2 == 0
+        return bool(operands) and eqn.params["y"] % 2 == 0
     if name in ("max", "min"):
-        return len(random) == 2
-    if name == "mul":
-        return len(random) == 2 and random[0] is random[1]
-    if name == "not" and random:
-        return producer.get(random[0]) in ("and", "reduce_and")
+        return len(operands) == 2
+    if name == "mul" and len(operands) == 2:
+        return operands[0] is operands[1] or all(straddles_zero(bounds.get(v, WHOLE_LINE)) for v in operands)
+    if name == "not" and operands:
+        return producer.get(operands[0]) in ("and", "reduce_and")
     return False
 
 
@@ -323,7 +328,7 @@ def union_note(program: Program, target: str, proposal: str) -> tuple[str, ...]:
     if not is_union(program, target):
         return ()
     return (f"{target}: the detector is (or may be) a union (or / any, a threshold of abs or max, "
-            "~(a & b)); "
+            "a product of two values that can change sign, ~(a & b)); "
             f"a single-Gaussian {proposal} proposal can "
             "cover one part of it and miss the others, which no weight diagnostic (ESS, k-hat) shows: "
             "the estimate may be low; check it with proposal='ams' or 'mhis'",)
