@@ -560,3 +560,23 @@ def test_a_staircase_equal_to_a_level_is_the_interval_where_it_sits_there(family
     assert float(r["eq"].value) == pytest.approx(exact, rel=1e-5)
     assert float(r["ne"].value) == pytest.approx(1 - exact, rel=1e-5)
     assert float(r["continuous"].value) < 1e-6
+
+
+@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
+def test_a_chain_on_a_broadcast_operand(family):
+    """tanh(x * w) for a scalar x and a vector w crashed (a chain's base had another shape)."""
+    w = np.array([0.5, 5.0, 30.0])
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.3, 1.0))
+        numpyro.deterministic("tanh", jnp.tanh(x * w))
+        numpyro.deterministic("step", jnp.where(x * w > 1.0, 1.0, 0.0))
+        numpyro.deterministic("max", jnp.maximum(x, w - 5.0))
+
+    r = handlers.mechanize(model, family=family)()
+    grid = np.linspace(-12.0, 12.0, 400_001) + 0.3
+    density = stats.norm.pdf(grid, 0.3) * (grid[1] - grid[0])
+    for site, fn in (("tanh", lambda v: np.tanh(v * w)), ("step", lambda v: (v * w > 1.0) * 1.0),
+                     ("max", lambda v: np.maximum(v, w - 5.0))):
+        exact = density @ fn(grid[:, None])
+        np.testing.assert_allclose(np.asarray(r[site].value), exact, rtol=2e-4, err_msg=site)

@@ -652,7 +652,20 @@ class Interpreter:
         return boolean_law(x.shape, p, where)
 
     def compose_on_one_base(self, eqn, values, random, where) -> Handle | None:
-        """The lazy chain of an elementwise ``eqn`` whose random operands share one base, else None."""
+        """The lazy chain of an elementwise ``eqn`` whose random operands share one base, else None.
+
+        A random operand that the op broadcasts (``tanh(x * w)`` for a scalar ``x`` and a
+        vector ``w``) is first broadcast to the output's shape, exactly (an affine map), so a
+        chain's base always has the chain's shape (the quadrature rules need one unit per unit).
+        """
+        out_shape = tuple(eqn.outvars[0].aval.shape)
+        if any(tuple(values[i].shape) != out_shape for i in random):
+            values = list(values)
+            for i in random:
+                if tuple(values[i].shape) != out_shape:
+                    source = self.moments(values[i], where)
+                    values[i] = affine_image(self.state, lambda z: jnp.broadcast_to(z, out_shape), [source],
+                                             where, lambda v: jnp.broadcast_to(v, out_shape))
         if len({id(self.base_of(values[i])) for i in random}) != 1:
             return None
         base = self.base_of(values[random[0]])
