@@ -580,3 +580,31 @@ def test_a_chain_on_a_broadcast_operand(family):
                      ("max", lambda v: np.maximum(v, w - 5.0))):
         exact = density @ fn(grid[:, None])
         np.testing.assert_allclose(np.asarray(r[site].value), exact, rtol=2e-4, err_msg=site)
+
+
+@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
+@pytest.mark.parametrize("sum_first", [True, False])
+def test_a_chain_summed_before_its_threshold_keeps_its_rule(family, sum_first):
+    """h[0] > 0.9 of h = tanh(...) was decided on h's closure when a sum of h came first
+    (0.204 for 0.466): forcing for the sum no longer replaces the chain for later readers."""
+    w = np.array([3.0, -2.0, 1.0, 4.0])
+    weights = np.stack([w, 0.5 * w, -w], 1)
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        h = jnp.tanh(x @ weights + 1.0)
+        if sum_first:
+            numpyro.deterministic("sum", h.sum())
+        numpyro.deterministic("event", h[0] > 0.9)
+        numpyro.deterministic("dot", h @ jnp.array([1.0, 2.0, 3.0]))
+        if not sum_first:
+            numpyro.deterministic("sum", h.sum())
+
+    r = handlers.mechanize(model, family=family)()
+    exact = stats.norm.sf((np.arctanh(0.9) - 1.0) / np.linalg.norm(w))
+    assert float(r["event"].value) == pytest.approx(exact, rel=1e-4)
+    reference = handlers.mechanize(model, family=family, sites=["sum", "dot"])()
+    for site in ("sum", "dot"):
+        assert float(r[site].value) == pytest.approx(float(reference[site].value), rel=1e-6)
+        assert float(r[site].diagnostics["variance"]) == pytest.approx(
+            float(reference[site].diagnostics["variance"]), rel=1e-5)
