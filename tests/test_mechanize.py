@@ -608,3 +608,23 @@ def test_a_chain_summed_before_its_threshold_keeps_its_rule(family, sum_first):
         assert float(r[site].value) == pytest.approx(float(reference[site].value), rel=1e-6)
         assert float(r[site].diagnostics["variance"]) == pytest.approx(
             float(reference[site].diagnostics["variance"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
+def test_sqrt_and_log_of_a_sum_of_squares_are_finite_and_noted(family):
+    """The closure of a sum of squares puts mass below 0: sqrt/log of it were NaN with no note."""
+    mu = np.array([1.0, -0.5, 0.0, 2.0, 0.3])
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(jnp.asarray(mu), 1.0).to_event(1))
+        numpyro.deterministic("norm", jnp.linalg.norm(x))
+        numpyro.deterministic("log", jnp.log(jnp.sum(x**2)))
+
+    r = handlers.mechanize(model, family=family)()
+    square = stats.ncx2(5, np.sum(mu**2))
+    norm = square.expect(np.sqrt)
+    log = square.expect(np.log)
+    assert float(r["norm"].value) == pytest.approx(norm, rel=0.02)
+    assert float(r["log"].value) == pytest.approx(log, rel=0.002)
+    for site in ("norm", "log"):
+        assert any("undefined on part of the line" in n for n in r[site].notes)

@@ -436,6 +436,11 @@ class CumulantInterpreter:
                 rule = _cut_rule(h.data.get("jumps", ()), h.data.get("soft", ()), shape)
                 if h.data.get("stairs"):
                     self.note(STAIRS_NOTE, at=h.at)
+                if h.data.get("domain"):
+                    self.note("a function undefined on part of the line (sqrt, log, a division, ...): "
+                              "its Gauss–Hermite nodes reach where it is undefined, so the result can "
+                              "be NaN (a norm or a standard deviation); use family='gaussian', which "
+                              "integrates it where it is finite", at=h.at)
                 if self.order > 1:
                     self.note(
                         "elementwise chains other than ReLU: Wick coefficients by Gauss–Hermite "
