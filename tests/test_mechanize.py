@@ -628,3 +628,52 @@ def test_sqrt_and_log_of_a_sum_of_squares_are_finite_and_noted(family):
     assert float(r["log"].value) == pytest.approx(log, rel=0.002)
     for site in ("norm", "log"):
         assert any("undefined on part of the line" in n for n in r[site].notes)
+
+
+@pytest.mark.parametrize("family", ["mean", "diagonal"])
+def test_a_gate_by_a_bernoulli_site_is_the_mixture_of_its_branches(family):
+    """where(b == 1, x, -x) crashed in the independence families (a float predicate for select)."""
+    def model():
+        b = numpyro.sample("b", dist.Bernoulli(jnp.array([0.4, 0.9])).to_event(1))
+        x = numpyro.sample("x", dist.Normal(jnp.array([1.0, 2.0]), 1.0).to_event(1))
+        numpyro.deterministic("gate", jnp.where(b == 1, x, -x))
+        numpyro.deterministic("dropout", jnp.where(b > 0.5, 0.0, 3.0 * x))
+
+    r = handlers.mechanize(model, family=family)()
+    p, mu = np.array([0.4, 0.9]), np.array([1.0, 2.0])
+    np.testing.assert_allclose(r["gate"].value, p * mu - (1 - p) * mu, rtol=1e-6)
+    np.testing.assert_allclose(r["dropout"].value, (1 - p) * 3.0 * mu, rtol=1e-6)
+    if family == "diagonal":
+        np.testing.assert_allclose(r["gate"].diagnostics["variance"], 1.0 + mu**2 - (2 * p - 1) ** 2 * mu**2,
+                                   rtol=1e-5)
+        second = (1 - p) * 9.0 * (1.0 + mu**2)
+        np.testing.assert_allclose(r["dropout"].diagnostics["variance"], second - ((1 - p) * 3 * mu) ** 2,
+                                   rtol=1e-5)
+
+
+def test_arithmetic_on_a_count_of_bernoulli_draws():
+    """count * 2 and count - 2 of an integer count crashed (an int constant against a real message)."""
+    def model():
+        b = numpyro.sample("b", dist.Bernoulli(0.2).expand([10]).to_event(1))
+        count = b.astype(jnp.int32).sum()
+        numpyro.deterministic("twice", count * 2)
+        numpyro.deterministic("less", count - 2)
+
+    for family in ("mean", "diagonal", "gaussian"):
+        r = handlers.mechanize(model, family=family)()
+        assert float(r["twice"].value) == pytest.approx(4.0, rel=1e-6)
+        assert float(r["less"].value) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_random_array_at_a_random_index_is_refused_by_name():
+    def model():
+        t = numpyro.sample("t", dist.Categorical(jnp.ones(3) / 3))
+        x = numpyro.sample("x", dist.Normal(jnp.array([0.0, 1.0, 2.0]), 1.0).to_event(1))
+        numpyro.deterministic("pick", x[t])
+        numpyro.deterministic("one_hot", jnp.sum(jax.nn.one_hot(t, 3) * x))
+
+    with pytest.raises(UnsupportedPrimitiveError, match="random array at a random index"):
+        handlers.mechanize(model, family="gaussian")()
+    r = handlers.mechanize(model, family="gaussian", sites=["one_hot"])()
+    assert float(r["one_hot"].value) == pytest.approx(1.0, rel=1e-6)
+    assert float(r["one_hot"].diagnostics["variance"]) == pytest.approx(5.0 / 3.0, rel=1e-5)

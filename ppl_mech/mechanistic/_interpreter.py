@@ -59,6 +59,8 @@ def _keeps_its_rule_forced(h: Handle) -> bool:
     return structure[0] == "affine" or (structure[0] == "closed" and structure[2] == "relu")
 
 ARG_EXTREMA = ("argmax", "argmin")
+RANDOM_INDEX_PRIMITIVES = {"dynamic_slice", "dynamic_update_slice", "gather", "scatter", "scatter-add",
+                           "scatter_add"}
 
 
 EXTREMA = {"reduce_max": "reduce_max", "reduce_min": "reduce_min",
@@ -289,6 +291,12 @@ class Interpreter:
     def refuse_random_control(eqn, values, random, where: str) -> None:
         """Name the two ways a random real value can steer integer code, which no family integrates."""
         name = eqn.primitive.name
+        if name in RANDOM_INDEX_PRIMITIVES and 0 in random and any(i > 0 for i in random):
+            raise UnsupportedPrimitiveError(
+                f"{where}: {name!r} of a random array at a random index (x[t], t a sampled token) has "
+                "no rule; write the pick as a one-hot product, jnp.sum(jax.nn.one_hot(t, K) * x, -1), "
+                "which the gaussian family integrates exactly"
+            )
         if name == "cond" and 0 in random:
             raise UnsupportedPrimitiveError(
                 f"{where}: jax.lax.cond with a random predicate picks a branch per draw; write it with "
@@ -352,6 +360,9 @@ class Interpreter:
                 return [self.discrete(eqn, values, random, where, independent=independent)]
         if kinds & {"events", "argmax"} or (kinds == {"two_point"} and self.state.family != "gaussian"):
             return [self.discrete(eqn, values, random, where)]
+        if (name == "select_n" and 0 in random and values[0].kind == "two_point"
+                and len(values) == 3 and self.state.family != "gaussian"):
+            return [self.two_point_choice(values, random, where)]
         if name in ("eq", "ne") and len(values) == 2 and values[0] is values[1]:
             # ``x != x`` is the NaN test (softplus, logaddexp): a message's values are never NaN
             return [jnp.full(out_aval.shape, name == "eq")]
@@ -687,6 +698,34 @@ class Interpreter:
 
     def base_of(self, h: Handle) -> Handle:
         return h.data["base"] if h.kind == "lazy" else h
+
+    def two_point_choice(self, values, random, where: str) -> Handle:
+        """``where(b, x, y)`` with a two-point (discrete) ``b``: the mixture of ``y`` and ``x``.
+
+        Its mean ``p E x + (1 - p) E y`` and variance ``p E x^2 + (1 - p) E y^2 - mean^2`` are
+        exact when ``b`` is independent of the branches (a gate on another site); in the
+        independence families that is presumed, and said.
+        """
+        b = values[0]
+        index_hi = b.data["hi"].astype(jnp.int32)
+        p = b.data["p"]
+        cases = [self.moments(values[i], where) if i in random else values[i] for i in (1, 2)]
+        means = [c.data["mean"] if isinstance(c, Handle) else jnp.asarray(c) for c in cases]
+        variances = [variance_of(self.state, c) if isinstance(c, Handle) and self.state.family != "mean"
+                     else jnp.zeros_like(jnp.asarray(m, float)) for c, m in zip(cases, means, strict=True)]
+        # select_n picks cases[index]: the two-point law is at its hi value with probability p
+        p_second = jnp.where(index_hi == 1, p, 1 - p)
+        dtype = jnp.result_type(means[0], means[1], float)
+        m0, m1 = (jnp.asarray(m, dtype) for m in means)
+        mean = (1 - p_second) * m0 + p_second * m1
+        new = Handle(jnp.shape(mean), dtype, "moments", {"mean": mean, "closure": True}, where)
+        if self.state.family != "mean":
+            second = (1 - p_second) * (variances[0] + m0**2) + p_second * (variances[1] + m1**2)
+            new.data["var"] = jnp.maximum(second - mean**2, 0.0)
+        self.state.note(f"{where}: a choice by a discrete (two-point) value: the mixture of its "
+                        "branches, presumed independent of the choice; nonlinearities and thresholds "
+                        "downstream read its Gaussian closure")
+        return new
 
     def forced_view(self, h: Handle) -> Handle:
         """The moments of a lazy chain read again later, made once and kept beside the chain.

@@ -82,13 +82,27 @@ def is_affine(eqn, random_positions: Sequence[int]) -> bool:
     return True
 
 
+SAME_DTYPE_OPERANDS = {"add", "add_any", "sub", "mul", "div", "max", "min", "rem", "pow", "clamp",
+                       "nextafter", "atan2", "gt", "ge", "lt", "le", "eq", "ne"}
+
+
 def bind_with(eqn, values: list, random_positions: Sequence[int]) -> Callable:
-    """``fn(*random_values)``: the equation with its constant operands closed over."""
+    """``fn(*random_values)``: the equation with its constant operands closed over.
+
+    A random integer value (a count of Bernoulli draws) is held as a real message, so
+    integer constants of an arithmetic op on it (``count * 2``) are cast to its real dtype.
+    """
+    name = eqn.primitive.name
 
     def fn(*random_values):
         operands = list(values)
         for pos, value in zip(random_positions, random_values, strict=True):
             operands[pos] = value
+        real = [jnp.result_type(v) for v in random_values if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
+        if real and name in SAME_DTYPE_OPERANDS:
+            operands = [jnp.asarray(o, real[0]) if i not in random_positions and
+                        jnp.issubdtype(jnp.result_type(o), jnp.integer) else o
+                        for i, o in enumerate(operands)]
         return bind_eqn(eqn, operands)[0]
 
     return fn
