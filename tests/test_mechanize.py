@@ -677,3 +677,16 @@ def test_a_random_array_at_a_random_index_is_refused_by_name():
     r = handlers.mechanize(model, family="gaussian", sites=["one_hot"])()
     assert float(r["one_hot"].value) == pytest.approx(1.0, rel=1e-6)
     assert float(r["one_hot"].diagnostics["variance"]) == pytest.approx(5.0 / 3.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["mean", "diagonal", "gaussian"])
+def test_comparisons_of_two_bernoulli_units(family):
+    """b[0] == b[1] was refused in the independence families as a comparison of continuous values."""
+    def model():
+        b = numpyro.sample("b", dist.Bernoulli(jnp.array([0.3, 0.6])).to_event(1))
+        numpyro.deterministic("equal", b[0] == b[1])
+        numpyro.deterministic("less", b[0] < b[1])
+
+    r = handlers.mechanize(model, family=family)()
+    assert float(r["equal"].value) == pytest.approx(0.3 * 0.6 + 0.7 * 0.4, rel=1e-6)
+    assert float(r["less"].value) == pytest.approx(0.7 * 0.6, rel=1e-6)

@@ -699,6 +699,23 @@ class Interpreter:
     def base_of(self, h: Handle) -> Handle:
         return h.data["base"] if h.kind == "lazy" else h
 
+    def compare_two_point_laws(self, eqn, values, random, where: str, independent: bool) -> Handle:
+        """``a == b``, ``a < b``, ... of two two-point laws: the four value pairs, weighted.
+
+        Exact when ``a`` and ``b`` are independent (different units of a site, or sites);
+        presumed (and noted) otherwise.
+        """
+        a, b = (values[i] for i in random)
+        op = bind_with(eqn, values, random)
+        p = jnp.zeros(eqn.outvars[0].aval.shape, jnp.result_type(a.data["p"], b.data["p"], float))
+        for va, pa in ((a.data["lo"], 1 - a.data["p"]), (a.data["hi"], a.data["p"])):
+            for vb, pb in ((b.data["lo"], 1 - b.data["p"]), (b.data["hi"], b.data["p"])):
+                p = p + jnp.where(op(va, vb), pa * pb, 0.0)
+        if not independent:
+            self.state.note(f"{where}: a comparison of two discrete (two-point) values: independence "
+                            "presumption (exact for different units or sites)")
+        return boolean_law(eqn.outvars[0].aval.shape, p, where)
+
     def two_point_choice(self, values, random, where: str) -> Handle:
         """``where(b, x, y)`` with a two-point (discrete) ``b``: the mixture of ``y`` and ``x``.
 
@@ -960,8 +977,10 @@ class Interpreter:
             return self.compare_level_set(eqn, values, random[0], values[random[0]], where)  # round(y) == 2
         if name in ("eq", "ne"):
             raise UnsupportedPrimitiveError(
-                f"{where}: {name!r} of a random value held as a continuous message has probability 0 "
-                "or 1; compare with a threshold instead (values of a discrete site can be compared "
+                f"{where}: {name!r} of random real values has no rule (a continuous value equals a "
+                "constant or another with probability 0; a staircase equals a constant on intervals, "
+                "which is supported, but two staircases, round(x0) == round(x1), need their joint "
+                "law); compare with a threshold instead (values of a discrete site can be compared "
                 "exactly while each unit reads one token, or two different tokens, of one site; "
                 "jnp.remainder and jnp.mod emit such a test: use jax.lax.rem for a random dividend)"
             )
@@ -1021,6 +1040,9 @@ class Interpreter:
             lo = bind_with(eqn, values, random)(h.data["lo"])
             hi = bind_with(eqn, values, random)(h.data["hi"])
             return Handle(aval.shape, aval.dtype, "two_point", {"lo": lo, "hi": hi, "p": h.data["p"]}, where)
+        if (len(random) == 2 and aval.dtype == jnp.bool_ and (name in COMPARISONS or name in ("eq", "ne"))
+                and all(values[i].kind == "two_point" for i in random)):
+            return self.compare_two_point_laws(eqn, values, random, where, independent)
         if aval.dtype == jnp.bool_ and name in ("and", "or", "reduce_and", "reduce_or", "not", "reduce_max",
                                                  "reduce_min"):
             p = [self.probability_true(x) for x in values]
