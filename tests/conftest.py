@@ -1,11 +1,19 @@
 """Shared test settings: float64 where exact maths is checked, quiet ArviZ."""
 
 import warnings
+from pathlib import Path
 
 import jax
 import pytest
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+
+# One compilation cache for the run (both xdist workers): tests that compile the same program
+# (a built-in model under one family, a sampler) compile it once. It lives in the repository's
+# ignored .pytest_cache, so a clean clone starts cold.
+_CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax-compilation"
+jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 @pytest.fixture
