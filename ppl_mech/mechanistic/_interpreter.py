@@ -53,14 +53,15 @@ STRUCTURAL = {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dim
               "dynamic_update_slice", "convert_element_type"}
 
 
+ARG_EXTREMA = ("argmax", "argmin")
+RANDOM_INDEX_PRIMITIVES = {"dynamic_slice", "dynamic_update_slice", "gather", "scatter", "scatter-add",
+                           "scatter_add"}
+
+
 def _keeps_its_rule_forced(h: Handle) -> bool:
     """An affine chain (its Gaussian is exact) or a ReLU (its preimage keeps the threshold rule)."""
     structure = h.data["structure"]
     return structure[0] == "affine" or (structure[0] == "closed" and structure[2] == "relu")
-
-ARG_EXTREMA = ("argmax", "argmin")
-RANDOM_INDEX_PRIMITIVES = {"dynamic_slice", "dynamic_update_slice", "gather", "scatter", "scatter-add",
-                           "scatter_add"}
 
 
 EXTREMA = {"reduce_max": "reduce_max", "reduce_min": "reduce_min",
@@ -565,6 +566,7 @@ class Interpreter:
             "jumps": tuple(rebased(j) for j in h.data.get("jumps", ())),
             "soft": tuple((rebased(g), d, c) for g, d, c in h.data.get("soft", ())),
             "stairs": h.data.get("stairs", False),
+            "domain": h.data.get("domain", False),
         }, where)
 
     def moved_units(self, eqn, values, position: int) -> np.ndarray | None:
