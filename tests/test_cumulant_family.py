@@ -398,3 +398,20 @@ def test_whestbench_layers_order2_is_gaussian():
         np.testing.assert_allclose(got[site].value, want[site].value, rtol=2e-5, atol=2e-6)
         np.testing.assert_allclose(got[site].diagnostics["variance"], want[site].diagnostics["variance"],
                                    rtol=2e-4, atol=2e-6)
+
+
+def test_a_nonlinearity_after_a_nonlinearity_at_order_two_notes_the_closure():
+    """cumulant order 2 on a two-layer gelu MLP was 10-20% off with only the family-wide note."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(size=(3, 8)), rng.normal(size=(8, 8))
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.2, 1.0).expand([3]).to_event(1))
+        h1 = jax.nn.gelu(x @ w1 / 10)
+        numpyro.deterministic("one", h1.sum())
+        numpyro.deterministic("two", jax.nn.gelu(h1 @ w2 / 3).sum())
+
+    for order, noted in ((2, True), (3, False)):
+        r = handlers.mechanize(model, family="cumulant", order=order)()
+        assert not any("moment-matched Gaussians" in n for n in r["one"].notes)
+        assert any("moment-matched Gaussians" in n for n in r["two"].notes) == noted

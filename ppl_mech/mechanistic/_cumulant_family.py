@@ -51,6 +51,7 @@ from ppl_mech._capture import LatentSite, live_equation_indices
 from ppl_mech._errors import UnsupportedDistributionError, UnsupportedPrimitiveError
 
 from ._elementwise import (
+    CLOSURE_INPUT_NOTE,
     STAIRS_NOTE,
     _affine_of,
     compose,
@@ -101,12 +102,17 @@ def check_order(order) -> int:
 
 
 class Node:
-    """One materialised message: the joint cumulants of a flat vector of units."""
+    """One materialised message: the joint cumulants of a flat vector of units.
 
-    __slots__ = ("message",)
+    ``nonlinear``: the message came out of a nonlinear step (so it is not Gaussian, and at
+    order <= 2 the next nonlinearity reads its Gaussian closure).
+    """
 
-    def __init__(self, message: cumulants.CumulantMessage):
+    __slots__ = ("message", "nonlinear")
+
+    def __init__(self, message: cumulants.CumulantMessage, nonlinear: bool = False):
         self.message = message
+        self.nonlinear = nonlinear
 
 
 def _affine(node: Node, shape, dtype, fn, var_fn, origin: str, identity: bool = False) -> Handle:
@@ -420,6 +426,8 @@ class CumulantInterpreter:
         else:
             message = self.message(base)
             shape = base.shape
+            if base.data["node"].nonlinear and self.order <= 2:
+                self.note(CLOSURE_INPUT_NOTE, at=h.at)
             if structure[0] == "closed" and structure[2] == "relu":
                 _, pre, _, post = structure
                 message = self._diagonal_affine(message, pre, shape, dtype)
@@ -450,7 +458,8 @@ class CumulantInterpreter:
                 activation = cumulants.Activation(columns, power_rule=rule)
                 message = cumulants.elementwise(message, activation, self.order)
             view = _reshaper(shape)
-            new = _affine(Node(message), h.shape, h.dtype, view, view, h.origin, identity=True)
+            node = Node(message, nonlinear=True)
+            new = _affine(node, h.shape, h.dtype, view, view, h.origin, identity=True)
         h.data["forced"] = new
         return new
 
