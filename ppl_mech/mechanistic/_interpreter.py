@@ -206,6 +206,8 @@ class Interpreter:
         elif value.kind == "deferred":
             value.kind = "dropped-deferred"
             self.release_roots(value.data["roots"])
+            if "view" in value.data:
+                self.state.forget(value.data.pop("view"))
             if "extremum" in value.data:
                 self.release(value.data.pop("extremum")[1])
         if value.kind == "moments" and "provenance" in value.data:
@@ -515,11 +517,19 @@ class Interpreter:
         return outs
 
     def force_deferred(self, h: Handle, where: str) -> Handle:
+        """The block's statistical linearization; while a later equation still reads the block,
+        a separate view (like :meth:`forced_view`), so that those readers keep the block."""
         roots = h.data["roots"]
-        key = jax.random.fold_in(self.key, 1_000_000 + self.linearizations)
-        self.linearizations += 1
         extremum = h.data.get("extremum")
-        new = deferred.linearize(self.state, h, key)
+        if "view" in h.data:
+            new = h.data["view"] if self.read_later(h) else h.data.pop("view")
+        else:
+            key = jax.random.fold_in(self.key, 1_000_000 + self.linearizations)
+            self.linearizations += 1
+            new = deferred.linearize(self.state, h, key)
+        if self.read_later(h):
+            h.data["view"] = new
+            return new
         self.state.become(h, new)
         self.release_roots(roots)
         if extremum is not None:
