@@ -20,3 +20,16 @@ def bind_eqn(eqn, operands: Sequence) -> list:
         subfuns, params = params
     out = eqn.primitive.bind(*subfuns, *operands, **params)
     return out if eqn.primitive.multiple_results else [out]
+
+
+SUB_JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+
+
+def sub_jaxpr(eqn):
+    """``(jaxpr, consts)`` of the sub-jaxpr that a call-like equation carries in its parameters
+    (``pjit``, ``closed_call``, ``custom_jvp_call``, ...), or None."""
+    for key in SUB_JAXPR_PARAMS:
+        if key in eqn.params:
+            sub = eqn.params[key]
+            return (sub.jaxpr, sub.consts) if hasattr(sub, "jaxpr") else (sub, ())
+    return None

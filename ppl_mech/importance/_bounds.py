@@ -15,6 +15,8 @@ import math
 import numpy as np
 from jax.extend.core import Literal
 
+from ppl_mech._bind import sub_jaxpr
+
 WHOLE_LINE = (-math.inf, math.inf)
 
 INCREASING = {
@@ -27,7 +29,6 @@ INCREASING = {
 SAME = {"convert_element_type", "copy", "copy_p", "reduce_precision", "broadcast_in_dim", "reshape",
         "squeeze", "expand_dims", "transpose", "slice", "dynamic_slice", "gather", "rev",
         "reduce_max", "reduce_min", "sort", "cummax", "cummin"}
-SUBJAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
 def random_values_and_bounds(closed) -> tuple[set, dict]:
@@ -65,14 +66,14 @@ def _walk(jaxpr, random: set, bounds: dict) -> None:
     for eqn in jaxpr.eqns:
         ins = [read(v) for v in eqn.invars]
         is_random = any(not isinstance(v, Literal) and v in random for v in eqn.invars)
-        sub = next((eqn.params[p] for p in SUBJAXPR_PARAMS if p in eqn.params), None)
+        sub = sub_jaxpr(eqn)
         if sub is not None:
-            inner = getattr(sub, "jaxpr", sub)
+            inner, consts = sub
             for v, b in zip(inner.invars, ins, strict=False):
                 bounds[v] = b
                 if is_random:
                     random.add(v)
-            for v, c in zip(getattr(inner, "constvars", ()), getattr(sub, "consts", ()), strict=False):
+            for v, c in zip(inner.constvars, consts, strict=False):
                 bounds[v] = _array_bounds(c)
             _walk(inner, random, bounds)
             outs = [read(v) for v in inner.outvars]

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
-from ppl_mech._bind import bind_eqn
+from ppl_mech._bind import bind_eqn, sub_jaxpr
 from ppl_mech._capture import Program
 from ppl_mech._errors import ModelError, UnsupportedPrimitiveError
 
@@ -74,13 +74,10 @@ def _and_margin(margins: list, axes=None):
 
 
 def _sub_jaxpr(eqn):
-    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        if key in eqn.params:
-            sub = eqn.params[key]
-            if hasattr(sub, "jaxpr"):
-                return sub.jaxpr, sub.consts
-            return sub, ()
-    raise UnsupportedPrimitiveError(f"score: cannot enter call primitive {eqn.primitive.name}")
+    found = sub_jaxpr(eqn)
+    if found is None:
+        raise UnsupportedPrimitiveError(f"score: cannot enter call primitive {eqn.primitive.name}")
+    return found
 
 
 class _MarginEvaluator:

@@ -285,8 +285,8 @@ def to_moments(state: State, h: Handle, where: str) -> Handle:
     ``h`` itself stays categorical, so its other uses keep the exact law (it used to be
     converted in place, and a Bernoulli read by a matmul was a Gaussian for every later
     use: ``relu(x[0] - 0.5)`` after ``x @ w`` gave 0.0525 for 0.1, exact in the other
-    order). The view is made once and kept in ``h.data['as_moments']`` (the interpreter
-    retires it with ``h``).
+    order). The view is made once and kept in ``h.data['view']`` (the interpreter
+    forgets it with ``h``).
 
     Under the ``gaussian`` family every categorical value is an exact linear image of
     its site's one-hot encoding (``v_u = sum_k s_uk onehot[t_u, k]``): the one-hot
@@ -294,8 +294,8 @@ def to_moments(state: State, h: Handle, where: str) -> Handle:
     kept for the whole program, so values reaching the network along separate paths
     keep their exact correlation.
     """
-    if "as_moments" in h.data:
-        return h.data["as_moments"]
+    if "view" in h.data:
+        return h.data["view"]
     site = h.data["site"]
     state.note(MOMENTS_NOTE.format(site=site, family=state.family), at=h.at)
     support = h.data["support"]
@@ -319,7 +319,7 @@ def to_moments(state: State, h: Handle, where: str) -> Handle:
         var = jnp.reshape(jnp.diagonal(covariance(h, h)), h.shape)
         view = Handle(h.shape, mean.dtype, "moments", {"mean": mean, "var": var}, where)
     view.at = h.at
-    h.data["as_moments"] = view
+    h.data["view"] = view
     return view
 
 

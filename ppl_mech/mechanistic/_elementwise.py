@@ -419,19 +419,23 @@ def _closed(state: State, base: Handle, structure, origin: str) -> Handle:
     )
 
 
-def hermite_coefficients(fn: Callable, mean, std, order: int, degree: int = GAUSS_HERMITE_DEGREE, rule=None):
+def hermite_coefficients(fn: Callable, mean, std, order: int, degree: int = GAUSS_HERMITE_DEGREE, rule=None,
+                         values=None):
     """Orthonormal Hermite coefficients ``c_k = E[f(m + s Z) He_k(Z)] / sqrt(k!)``, k = 0..order.
 
     Returns an array of shape ``(order + 1,) + mean.shape``. Unlike
     ``ppl_mech.rules.mehler.hermite_coefficients`` (nodes on a trailing axis, for
     scalar functions), the quadrature nodes go on a *leading* axis here, because
-    a fused chain applies per-unit constant arrays shaped like ``mean``. Always
-    Gauss–Hermite, also for chains with jumps: Gauss–Legendre in ``Phi(z)`` converges
-    slowly for ``He_k`` (errors 0.01-0.035 at k >= 3 with 24 nodes per piece on a leaky
-    ReLU, against 0.0016 for 64-point Gauss–Hermite).
+    a fused chain applies per-unit constant arrays shaped like ``mean``.
+    Gauss–Hermite unless ``rule`` (``(nodes, weights)``: the graded rule of soft steps,
+    or a rule masked to where ``f`` is finite) is given, with ``values``, ``f`` at its
+    nodes, when the caller has them. Chains with jumps keep Gauss–Hermite: Gauss–Legendre
+    in ``Phi(z)`` converges slowly for ``He_k`` (errors 0.01-0.035 at k >= 3 with 24 nodes
+    per piece on a leaky ReLU, against 0.0016 for 64-point Gauss–Hermite).
     """
     nodes, weights = _hermite_rule(mean, degree) if rule is None else rule
-    values = _node_values(fn, mean, std, nodes, weights)  # (Q, *shape)
+    if values is None:
+        values = _node_values(fn, mean, std, nodes, weights)  # (Q, *shape)
     he = [jnp.ones_like(nodes), nodes]
     for k in range(1, order):
         he.append(nodes * he[k] - k * he[k - 1])
@@ -445,14 +449,6 @@ def _hermite_rule(mean, degree: int = GAUSS_HERMITE_DEGREE):
     nodes, weights = gauss_hermite_rule(degree, mean.dtype)
     pad = (1,) * mean.ndim
     return jnp.reshape(nodes, (-1,) + pad), jnp.reshape(weights, (-1,) + pad)
-
-
-def _finite_part(fn: Callable) -> Callable:
-    """``fn`` where finite, NaN elsewhere (so a mask can find the undefined nodes)."""
-    def finite(z):
-        value = fn(z)
-        return jnp.where(jnp.isfinite(value), value, jnp.nan)
-    return finite
 
 
 def _node_values(fn: Callable, mean, std, nodes, weights):
@@ -579,7 +575,6 @@ def _quadrature(state: State, base: Handle, fn: Callable, origin: str, jumps=(),
     std = jnp.sqrt(jnp.maximum(var, 0))
     nodes, weights = quadrature_rule(mean, std, jumps, soft)  # mean and variance: jumps matter most
     if finite_only:
-        fn = _finite_part(fn)
         defined = jax.vmap(lambda z: jnp.isfinite(fn(mean + std * z)))(
             jnp.broadcast_to(nodes, (nodes.shape[0],) + mean.shape))
         nodes = jnp.where(defined, nodes, 0.0)  # a defined point, so no NaN reaches the gradient
@@ -594,8 +589,10 @@ def _quadrature(state: State, base: Handle, fn: Callable, origin: str, jumps=(),
         return new
     # soft steps: the graded rule's Hermite coefficients (Gauss–Hermite is 0.07 off to order 16 on
     # a saturated tanh); jumps keep Gauss–Hermite (see hermite_coefficients)
-    rule = (nodes, weights) if finite_only or (soft and not jumps) else None
-    coefficients = hermite_coefficients(fn, mean, std, MEHLER_ORDER, rule=rule)
+    if finite_only or (soft and not jumps):
+        coefficients = hermite_coefficients(fn, mean, std, MEHLER_ORDER, rule=(nodes, weights), values=values)
+    else:
+        coefficients = hermite_coefficients(fn, mean, std, MEHLER_ORDER)
     safe = jnp.where(std > 0, std, 1.0)
     derivative = jax.jvp(fn, (mean,), (jnp.ones_like(mean),))[1]
     stein = jnp.where(std > 0, coefficients[1] / safe, derivative)
