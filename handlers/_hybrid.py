@@ -24,7 +24,11 @@ class hybrid(Estimator):
     mechanistic estimate, many the sampled one, and in between the site's mean
     squared error is about ``B^2 s^2 / (B^2 + s^2)`` (``B^2`` the squared bias,
     ``s^2`` the sampling variance), below both. Inputs symmetric about their
-    mean are drawn in antithetic pairs (an exact control variate). See
+    mean are drawn in antithetic pairs (an exact control variate); where every
+    input is continuous and independent and every chosen site real-valued, in
+    antithetic orthogonal frames (:mod:`ppl_mech._frames`: each draw exact, a
+    frame's quadratic parts balanced too; 2.6x less variance per evaluation than
+    i.i.d. draws on WhestBench 256x8, 4.4x on a 4-layer ReLU MLP). See
     :mod:`ppl_mech._hybrid` for the derivation.
 
     ``stderr`` is the root of the delete-a-group jackknife variance of the whole
@@ -48,6 +52,10 @@ class hybrid(Estimator):
             input is Normal, multivariate normal or Uniform. At worst (a site even in
             ``x``) pairs double the variance per evaluation; on the random ReLU MLPs
             here they cut it by 10-24%.
+        frames: draw antithetic orthogonal frames (``None``, default: when the inputs and
+            sites allow, with the largest size up to the inputs' dimension that leaves 16
+            frames; ``True``: the same, required; an integer: that frame size; ``False``:
+            never). A frame of size ``m`` is ``2 m`` evaluations.
         min_units: fewest units a site needs for the empirical-Bayes combination (16).
         level: interval coverage (0.95).
         chunk_size: observations per compiled call (default 8192).
@@ -77,6 +85,7 @@ class hybrid(Estimator):
         rng_key: jax.Array,
         sites: Sequence[str] | None = None,
         antithetic: bool | None = None,
+        frames: bool | int | None = None,
         min_units: int = 16,
         level: float = 0.95,
         chunk_size: int | None = None,
@@ -85,7 +94,7 @@ class hybrid(Estimator):
         super().__init__(fn)
         self.options = dict(
             base=base, num_samples=num_samples, rng_key=rng_key, sites=sites, antithetic=antithetic,
-            min_units=min_units, level=level,
+            frames=frames, min_units=min_units, level=level,
             chunk_size=chunk_size, mechanize_options=mechanize_options,
         )
 

@@ -83,6 +83,7 @@ from numpyro.primitives import Messenger
 
 from ._capture import ModelArgs, OutputSite, _return_outputs, capture, capture_program
 from ._cost import compile_with_cost, is_traced
+from ._frames import FrameLayout, auto_frame_size, frame_layout, frame_outputs
 from ._intervals import clopper_pearson
 from ._result import Cost, Results, SiteResult
 
@@ -196,6 +197,32 @@ def observation(model, args, kwargs, key, *, sites: Mapping[str, OutputSite],
     return out
 
 
+def frame_observation(program, frames: tuple[FrameLayout, int], key, *,
+                      sites: Mapping[str, OutputSite]) -> dict:
+    """One observation per site from one antithetic orthogonal frame (``ppl_mech._frames``): the mean
+    over its ``2 m`` draws, and for boolean sites whether any / all of them hit."""
+    layout, size = frames
+    outs = frame_outputs(program, layout, key, size)
+    real = jnp.promote_types(jnp.result_type(float), jnp.float32)
+    out = {}
+    for name, site in sites.items():
+        draws = jnp.asarray(outs[name])
+        entry = {"y": jnp.mean(draws.astype(real), axis=0)}
+        if site.is_boolean:
+            entry["any"], entry["both"] = jnp.any(draws, axis=0), jnp.all(draws, axis=0)
+        out[name] = entry
+    return out
+
+
+def observer(model, args, kwargs, *, sites, antithetic: bool,
+             frames: tuple[FrameLayout, int] | None) -> Callable:
+    """``key -> observation``: a frame, an antithetic pair or a single draw."""
+    if frames is None:
+        return lambda key: observation(model, args, kwargs, key, sites=sites, antithetic=antithetic)
+    program = capture_program(model, args, kwargs)
+    return lambda key: frame_observation(program, frames, key, sites=sites)
+
+
 def group_statistics(obs: dict, shifts: Mapping[str, jax.Array], index: jax.Array, mask: jax.Array,
                      num_groups: int) -> dict:
     """Per site and group ``g = i % num_groups``: the observation count and the sums of
@@ -217,7 +244,7 @@ def group_statistics(obs: dict, shifts: Mapping[str, jax.Array], index: jax.Arra
 
 def sampled_statistics(model, args, kwargs, *, sites: Mapping[str, OutputSite], shifts: Mapping,
                        num_obs: int, num_groups: int, rng_key: jax.Array, antithetic: bool,
-                       chunk_size: int | None = None,
+                       frames: tuple[FrameLayout, int] | None = None, chunk_size: int | None = None,
                        devices: Sequence[jax.Device] | None = None) -> tuple[dict, Cost]:
     """Chunked, compiled, sharded draws: per-site group sums (float64) and what they cost.
 
@@ -238,8 +265,8 @@ def sampled_statistics(model, args, kwargs, *, sites: Mapping[str, OutputSite], 
     def chunk_stats(dyn, shift, key, index):
         a, k = layout.merge(dyn)
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
-        obs = jax.vmap(lambda kk: observation(model, a, k, kk, sites=sites, antithetic=antithetic))(keys)
-        return group_statistics(obs, shift, index, index < num_obs, num_groups)
+        observe = observer(model, a, k, sites=sites, antithetic=antithetic, frames=frames)
+        return group_statistics(jax.vmap(observe)(keys), shift, index, index < num_obs, num_groups)
 
     shifts = {n: jnp.asarray(v) for n, v in shifts.items()}
     first = jax.device_put(jnp.arange(chunk, dtype=jnp.uint32), sharding)
@@ -256,19 +283,25 @@ def sampled_statistics(model, args, kwargs, *, sites: Mapping[str, OutputSite], 
                 value = np.asarray(value, np.int64 if key in ("any", "both") else np.float64)
                 into[key] = into[key] + value if key in into else value
     seconds = time.perf_counter() - start
-    evaluations = num_obs * (2 if antithetic else 1)
+    evaluations = num_obs * draws_per_observation(antithetic, frames)
     cost = Cost(flops=flops * num_chunks, seconds=seconds, evaluations=evaluations,
                 compile_seconds=compile_seconds)
     return totals, cost
 
 
 def traced_statistics(model, args, kwargs, *, sites, shifts, num_obs, num_groups, rng_key,
-                      antithetic) -> dict:
+                      antithetic, frames=None) -> dict:
     """The same group sums in one ``vmap`` (for use under an outer ``jit``/``grad``)."""
     index = jnp.arange(num_obs, dtype=jnp.uint32)
     keys = jax.vmap(lambda i: jax.random.fold_in(rng_key, i))(index)
-    obs = jax.vmap(lambda k: observation(model, args, kwargs, k, sites=sites, antithetic=antithetic))(keys)
-    return group_statistics(obs, shifts, index, jnp.ones(num_obs, bool), num_groups)
+    observe = observer(model, args, kwargs, sites=sites, antithetic=antithetic, frames=frames)
+    return group_statistics(jax.vmap(observe)(keys), shifts, index, jnp.ones(num_obs, bool), num_groups)
+
+
+def draws_per_observation(antithetic: bool, frames: tuple[FrameLayout, int] | None) -> int:
+    if frames is not None:
+        return 2 * frames[1]
+    return 2 if antithetic else 1
 
 
 
@@ -340,12 +373,13 @@ def empirical_bayes(mech, stats: Mapping[str, Any], *, boolean_evaluations: int 
 
 
 def combine_site(mech: SiteResult, stats: Mapping[str, Any], site: OutputSite, *, num_obs: int,
-                 min_units: int, antithetic: bool, level: float,
+                 min_units: int, draws_per_obs: int, level: float,
                  combine: Callable) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Value, stderr, interval and diagnostics of one site (arrays in the site's shape)."""
     shape = site.shape
     d = max(1, math.prod(shape))
-    evaluations = num_obs * (2 if antithetic else 1)
+    evaluations = num_obs * draws_per_obs
+    grouped = draws_per_obs > 1  # pairs or frames: any/all of an observation's draws bound p
     out = combine(jnp.asarray(mech.value), stats,
                   boolean_evaluations=evaluations if site.is_boolean else 0)
     sampled = jnp.reshape(out["sampled"], shape)
@@ -362,11 +396,12 @@ def combine_site(mech: SiteResult, stats: Mapping[str, Any], site: OutputSite, *
         lo, hi = value - z * stderr, value + z * stderr
         if site.is_boolean and not is_traced(sampled):
             # Exact bounds where events are few (a normal interval is not honest there):
-            # Clopper-Pearson, and for antithetic pairs P[both of a pair] <= p <= P[any of
-            # a pair], each a binomial proportion over pairs. With many events, normal.
+            # Clopper-Pearson, and for pairs or frames (each draw exactly from p)
+            # P[all of an observation's draws] <= p <= P[any of them], each a binomial
+            # proportion over observations. With many events, normal.
             hits = np.rint(np.asarray(sampled, np.float64) * num_obs)
-            hits_hi = np.asarray(stats["any"]) if antithetic else hits
-            hits_lo = np.asarray(stats["both"]) if antithetic else hits
+            hits_hi = np.asarray(stats["any"]) if grouped else hits
+            hits_lo = np.asarray(stats["both"]) if grouped else hits
             few = (hits_hi < RARE_EVENTS) | (num_obs - hits_lo < RARE_EVENTS)
             lo = np.where(few, clopper_pearson(hits_lo, num_obs, level)[0], np.clip(lo, 0, 1))
             hi = np.where(few, clopper_pearson(hits_hi, num_obs, level)[1], np.clip(hi, 0, 1))
@@ -396,6 +431,7 @@ def hybrid_estimate(
     rng_key: jax.Array,
     sites: Sequence[str] | None = None,
     antithetic: bool | None = None,
+    frames: bool | int | None = None,
     min_units: int = 16,
     level: float = 0.95,
     chunk_size: int | None = None,
@@ -424,13 +460,12 @@ def hybrid_estimate(
             "hybrid: antithetic=True needs inputs symmetric about their mean; not symmetric: "
             + ", ".join(asymmetric)
         )
-    per_obs = 2 if antithetic else 1
-    if num_samples < MIN_OBSERVATIONS * per_obs or num_samples % per_obs:
+    too_few = (num_samples < MIN_OBSERVATIONS * 2 or num_samples % 2) if antithetic else (
+        num_samples < MIN_OBSERVATIONS)
+    if too_few:
         need = (f"an even number >= {2 * MIN_OBSERVATIONS} (antithetic pairs)" if antithetic
                 else f"an integer >= {MIN_OBSERVATIONS}")
         raise ValueError(f"hybrid: num_samples must be {need}, got {num_samples}")
-    num_obs = num_samples // per_obs
-    num_groups = min(JACKKNIFE_GROUPS, num_obs)
 
     mech_key, sample_key = jax.random.split(rng_key)
     if mechanistic is None:
@@ -453,8 +488,12 @@ def hybrid_estimate(
         if not is_traced(value) and not np.all(np.isfinite(np.asarray(value))):
             raise ValueError(f"hybrid: the {base!r} mechanistic estimate of site {name!r} is not finite")
         shifts[name] = jnp.reshape(jnp.asarray(value, jnp.result_type(float)), (-1,))
+    frame_choice = _frames_for(model, args, kwargs, frames, antithetic, chosen, num_samples)
+    per_obs = draws_per_observation(antithetic, frame_choice)
+    num_obs = num_samples // per_obs
+    num_groups = min(JACKKNIFE_GROUPS, num_obs)
     common = dict(sites=chosen, shifts=shifts, num_obs=num_obs, num_groups=num_groups,
-                  rng_key=sample_key, antithetic=antithetic)
+                  rng_key=sample_key, antithetic=antithetic, frames=frame_choice)
     if traced:
         stats, sample_cost = traced_statistics(model, args, kwargs, **common), Cost()
     else:
@@ -465,22 +504,59 @@ def hybrid_estimate(
     combine = empirical_bayes if traced else _measured(empirical_bayes, combine_costs)
     pieces = {
         name: combine_site(mech[name], stats[name], site, num_obs=num_obs, min_units=int(min_units),
-                           antithetic=antithetic, level=level, combine=combine)
+                           draws_per_obs=per_obs, level=level, combine=combine)
         for name, site in chosen.items()
     }
     cost = Cost() if traced else sum(combine_costs, mech.cost + sample_cost)
     notes = tuple(mech[wanted[0]].notes) if wanted else ()
-    if antithetic:
+    if frame_choice is not None:
+        notes += (f"antithetic orthogonal frames of {per_obs} draws in the inputs' standard coordinates "
+                  f"({frame_choice[1]} of {frame_choice[0].dim} directions): odd parts cancel exactly, "
+                  "quadratic parts too in a full frame",)
+    elif antithetic:
         notes += ("antithetic pairs (x, 2*mean - x): odd parts of every site cancel exactly",)
     results = {}
     for name, site in chosen.items():
         piece, site_notes = pieces[name]
         piece["diagnostics"]["antithetic"] = antithetic
+        piece["diagnostics"]["frame_size"] = 0 if frame_choice is None else frame_choice[1]
         results[name] = SiteResult(
             piece["value"], piece["stderr"], piece["interval"], piece["diagnostics"], cost, method,
             site.is_boolean, notes + site_notes,
         )
     return Results(results, method=method)
+
+
+def _frames_for(model, args, kwargs, frames: bool | int | None, antithetic: bool,
+                sites: Mapping[str, OutputSite], num_samples: int) -> tuple[FrameLayout, int] | None:
+    """The frame layout and size to draw with, or ``None`` for pairs / single draws.
+
+    ``frames=None`` (default): frames when the draws are antithetic anyway, every input
+    can be rotated and no chosen site is boolean (a frame's draws hit or miss a rare
+    event together, which widens the exact bounds of boolean sites), of the largest
+    size that leaves ``JACKKNIFE_GROUPS`` frames. ``True``: the same size, required.
+    An integer: that size.
+    """
+    if frames is False or (frames is None and (not antithetic or any(s.is_boolean for s in sites.values()))):
+        return None
+    if isinstance(frames, bool | None):
+        size = None
+    elif isinstance(frames, int | np.integer):
+        size = int(frames)
+    else:
+        raise ValueError(f"hybrid: frames must be None, True, False or a frame size, got {frames!r}")
+    layout = frame_layout(model, args, kwargs)
+    if isinstance(layout, str):
+        if frames is None:
+            return None
+        raise ValueError(f"hybrid: frames need every input continuous and independent: {layout}")
+    if size is None:
+        size = auto_frame_size(layout.dim, num_samples, JACKKNIFE_GROUPS)
+    if not 1 <= size <= layout.dim or num_samples < 2 * size * MIN_OBSERVATIONS:
+        raise ValueError(
+            f"hybrid: frame size {size} must be in [1, {layout.dim}] (the inputs' dimension) with "
+            f"num_samples >= {2 * MIN_OBSERVATIONS} frames' draws, got num_samples={num_samples}")
+    return layout, size
 
 
 def _measured(combine: Callable, costs: list[Cost]) -> Callable:
