@@ -690,3 +690,21 @@ def test_comparisons_of_two_bernoulli_units(family):
     r = handlers.mechanize(model, family=family)()
     assert float(r["equal"].value) == pytest.approx(0.3 * 0.6 + 0.7 * 0.4, rel=1e-6)
     assert float(r["less"].value) == pytest.approx(0.7 * 0.6, rel=1e-6)
+
+
+@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
+def test_an_any_of_rare_independent_events_does_not_underflow(family):
+    """``1 - prod(1 - p)`` in float32 is exactly 0 for p ~ 1e-8; the union must keep it."""
+
+    def model(t):
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        numpyro.deterministic("any", jnp.any(x > t))
+        numpyro.deterministic("either", (x[0] > t) | (x[1] > t))
+
+    for t in (5.5, 6.5):
+        r = handlers.mechanize(model, family=family)(t)
+        np.testing.assert_allclose(float(r["any"].value), -np.expm1(3 * np.log1p(-stats.norm.sf(t))),
+                                   rtol=1e-4)
+        np.testing.assert_allclose(float(r["either"].value), 2 * stats.norm.sf(t), rtol=1e-4)
+    grad = jax.grad(lambda t: handlers.mechanize(model, family=family)(t)["any"].value)(5.5)
+    np.testing.assert_allclose(float(grad), -3 * stats.norm.pdf(5.5), rtol=1e-3)

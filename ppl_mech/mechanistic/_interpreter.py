@@ -1074,12 +1074,12 @@ class Interpreter:
                 q = 1 - p[0]
             elif name == "and":
                 q = p[0] * p[1]
-            elif name == "or":
-                q = 1 - (1 - p[0]) * (1 - p[1])
+            elif name == "or":  # 1 - (1 - a)(1 - b) without the cancellation that zeroes 1e-8 in float32
+                q = p[0] + p[1] - p[0] * p[1]
             elif name in ("reduce_and", "reduce_min"):
                 q = jnp.prod(p[0], axis=eqn.params["axes"])
             else:
-                q = 1 - jnp.prod(1 - p[0], axis=eqn.params["axes"])
+                q = -jnp.expm1(jnp.sum(jnp.log1p(-p[0]), axis=eqn.params["axes"]))
             return boolean_law(aval.shape, q, where)
         if name in STRUCTURAL:
             fields = {}
