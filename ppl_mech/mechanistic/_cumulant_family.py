@@ -267,6 +267,12 @@ class CumulantInterpreter:
         shape = tuple(aval.shape)
         if is_elementwise(eqn) and all(values[i].shape == shape for i in random):
             chained = self.compose_on_one_base(eqn, values, random, where)
+            if chained is not None and chained.kind == "lazy" and chained.data["structure"][0] == "affine" \
+                    and not chained.data.get("monotone"):
+                # An affine map whose sign is unknown while tracing (a traced scale a * x): it becomes
+                # the base itself (free: the same node), so a monotone function of it, tanh(a * x) > t,
+                # keeps its direction and is decided on it exactly.
+                return self.force(chained)
             if chained is not None:
                 return chained
         values = [self.force(x) if isinstance(x, Handle) else x for x in values]
