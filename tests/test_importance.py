@@ -361,6 +361,20 @@ def test_annealed_mhis_flags_a_run_that_dominates():
     assert len(notes) == 1 and notes[0].startswith("mhis: one replica holds 88%")
 
 
+def test_annealed_mhis_refuses_to_claim_precision_when_a_tempering_step_collapses():
+    """A margin of exponential scale, exp(x0 + x1) - 2390: the ladder's first steps put all the
+    weight on one particle; the run returned 3e-217 with interval [0, 1.4e-216] (truth 1.9e-8)."""
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("catastrophe", jnp.exp(x[0] + x[1]) > math.exp(5.5 * math.sqrt(2)))
+
+    r = handlers.importance(model, proposal="mhis", num_samples=2**13, rng_key=KEY)()["catastrophe"]
+    assert r.diagnostics["min_level_ess"] * r.diagnostics["num_samples"] / 4 < 2  # particles per run
+    assert tuple(float(b) for b in r.interval) == (0.0, 1.0)
+    assert any("tempering step kept" in n for n in r.notes)
+
+
 @pytest.mark.parametrize("proposal", ["cross-entropy", "itgis", "ams"])
 def test_detector_through_custom_jvp_activation(proposal):
     """``jax.nn.relu`` is a ``custom_jvp_call``: the score interpreter binds it with its sub-functions."""
