@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
+
+import jax
+import jax.numpy as jnp
 
 from ppl_mech._result import Results
 
@@ -32,9 +36,27 @@ class Estimator:
                 self.fn = args[0]
                 return self
             raise TypeError(f"{type(self).__name__} has no model: pass it first, or decorate one")
+        check_common_options(type(self).__name__, getattr(self, "options", {}))
         results = self.estimate(args, kwargs)
         results.model = getattr(self.fn, "__name__", type(self.fn).__name__)
         return results
 
     def estimate(self, args: tuple, kwargs: dict) -> Results:
         raise NotImplementedError
+
+
+def check_common_options(handler: str, options: dict) -> None:
+    """Clear errors for the options every estimator shares (``level``, ``rng_key``)."""
+    level = options.get("level")
+    if level is not None and not (isinstance(level, numbers.Real) and not isinstance(level, bool)
+                                  and 0 < level < 1):
+        raise ValueError(f"{handler}: level (the interval's coverage) must be a number in (0, 1), "
+                         f"got {level!r}")
+    if "rng_key" in options and options["rng_key"] is not None:
+        key = options["rng_key"]
+        dtype = getattr(key, "dtype", None)
+        typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        raw = dtype is not None and jnp.shape(key) == (2,) and dtype == jnp.uint32
+        if not (typed or raw):
+            raise TypeError(f"{handler}: rng_key must be a JAX random key, jax.random.PRNGKey(seed) or "
+                            f"jax.random.key(seed); got {key!r}")

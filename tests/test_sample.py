@@ -144,6 +144,14 @@ def test_decorator_form_and_errors():
         handlers.sample(model.fn, num_samples=0, rng_key=KEY)()
     with pytest.raises(KeyError, match="sites are"):
         model()["nope"]
+    with pytest.raises(ValueError, match="level"):
+        handlers.sample(model.fn, num_samples=10, rng_key=KEY, level=1.5)()
+    with pytest.raises(TypeError, match="rng_key must be a JAX random key"):
+        handlers.sample(model.fn, num_samples=10, rng_key=0)()
+    typed_key = jax.random.key(0)
+    assert "y" in handlers.sample(model.fn, num_samples=10, rng_key=typed_key, level=np.float32(0.9))()
+    with pytest.raises(ValueError, match="importance: level"):
+        handlers.importance(model.fn, proposal="itgis", num_samples=64, rng_key=KEY, level=0.0)()
 
 
 def test_gradient_free_results_are_pytrees():
