@@ -692,9 +692,10 @@ def test_comparisons_of_two_bernoulli_units(family):
     assert float(r["less"].value) == pytest.approx(0.7 * 0.6, rel=1e-6)
 
 
-@pytest.mark.parametrize("family", ["diagonal", "gaussian"])
-def test_an_any_of_rare_independent_events_does_not_underflow(family):
-    """``1 - prod(1 - p)`` in float32 is exactly 0 for p ~ 1e-8; the union must keep it."""
+def test_an_any_of_rare_independent_events_does_not_underflow():
+    """``1 - prod(1 - p)`` in float32 is exactly 0 for p ~ 1e-8; the union must keep it (the
+    diagonal family's rule; the gaussian family's orthants were already exact)."""
+    family = "diagonal"
 
     def model(t):
         x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
