@@ -56,7 +56,7 @@ def check_common_options(handler: str, options: dict) -> None:
         key = options["rng_key"]
         dtype = getattr(key, "dtype", None)
         typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-        raw = dtype is not None and jnp.shape(key) == (2,) and dtype == jnp.uint32
+        raw = dtype is not None and jnp.ndim(key) == 1 and dtype == jnp.uint32  # (2,) threefry, (4,) rbg
         if not (typed or raw):
             raise TypeError(f"{handler}: rng_key must be a JAX random key, jax.random.PRNGKey(seed) or "
                             f"jax.random.key(seed); got {key!r}")

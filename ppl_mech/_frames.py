@@ -21,9 +21,9 @@ Frames are independent, so the spread of frame means gives an honest standard
 error. How much they gain depends on how much of ``f``'s variance sits in its
 degree-1 and degree-2 Hermite parts. Measured per model evaluation against
 i.i.d. draws (mean over the final layer's units; frames of size 256,
-``/tmp`` script of session 10): WhestBench 256x2 9.1x, ARC-setup 256x4 ReLU 4.4x and
-GELU 4.3x, WhestBench 256x8 2.6x (antithetic pairs alone: 1.19x), 256x32 1.9x. Partial
-frames gain less (256x8: 1.26x at ``m = 32``, 1.65x at ``m = 128``).
+``python examples/frame_gains.py``, seed 0): WhestBench 256x2 9.0x, ARC-setup 256x4 ReLU
+4.4x and GELU 4.2x, WhestBench 256x8 2.6x (antithetic pairs alone: 1.22x), 256x32 1.8x.
+Partial frames gain less (256x8: 1.32x at ``m = 32``, 1.66x at ``m = 128``).
 """
 
 from __future__ import annotations
@@ -59,15 +59,17 @@ class FrameLayout:
         return out
 
 
-def frame_layout(model: Callable, args: Sequence, kwargs: Mapping) -> FrameLayout | str:
+def frame_layout(model: Callable, args: Sequence, kwargs: Mapping,
+                 program: Program | None = None) -> FrameLayout | str:
     """The layout of the model's inputs, or why frames do not apply (a sentence).
 
     Frames need every latent site continuous, independent of the others and written
     through standard normals (see ``importance._space``); no ``numpyro.prng_key()``.
+    ``program``: the model's captured program, if the caller has it already.
     """
     from ppl_mech.importance._space import LatentSpace
 
-    program = capture_program(model, args, kwargs)
+    program = capture_program(model, args, kwargs) if program is None else program
     if not program.latents:
         return "the model has no latent site"
     try:

@@ -488,7 +488,7 @@ def hybrid_estimate(
         if not is_traced(value) and not np.all(np.isfinite(np.asarray(value))):
             raise ValueError(f"hybrid: the {base!r} mechanistic estimate of site {name!r} is not finite")
         shifts[name] = jnp.reshape(jnp.asarray(value, jnp.result_type(float)), (-1,))
-    frame_choice = _frames_for(model, args, kwargs, frames, antithetic, chosen, num_samples)
+    frame_choice = _frames_for(model, args, kwargs, program, frames, antithetic, chosen, num_samples)
     per_obs = draws_per_observation(antithetic, frame_choice)
     num_obs = num_samples // per_obs
     num_groups = min(JACKKNIFE_GROUPS, num_obs)
@@ -527,7 +527,7 @@ def hybrid_estimate(
     return Results(results, method=method)
 
 
-def _frames_for(model, args, kwargs, frames: bool | int | None, antithetic: bool,
+def _frames_for(model, args, kwargs, program, frames: bool | int | None, antithetic: bool,
                 sites: Mapping[str, OutputSite], num_samples: int) -> tuple[FrameLayout, int] | None:
     """The frame layout and size to draw with, or ``None`` for pairs / single draws.
 
@@ -545,7 +545,7 @@ def _frames_for(model, args, kwargs, frames: bool | int | None, antithetic: bool
         size = int(frames)
     else:
         raise ValueError(f"hybrid: frames must be None, True, False or a frame size, got {frames!r}")
-    layout = frame_layout(model, args, kwargs)
+    layout = frame_layout(model, args, kwargs, program)
     if isinstance(layout, str):
         if frames is None:
             return None
