@@ -387,3 +387,16 @@ def test_union_of_overlapping_orthants():
     # a union with itself is the polytope
     r1 = gaussian_union_probability([(A1, b), (A1, b)], jnp.zeros(3), jnp.eye(3), key=jax.random.PRNGKey(1))
     np.testing.assert_allclose(float(r1.probability), q * q, rtol=1e-8)
+
+
+def test_union_of_polytopes_with_different_face_counts():
+    """Polytopes are grouped by face count and vmapped; the strata must still line up with their
+    own proposals. {x1 > a} U {x2 > a, x3 > a} U {x4 > a}, iid: 1 - (1 - q)^2 (1 - q^2)."""
+    a = 2.0
+    q = stats.norm.sf(a)
+    ref = 1 - (1 - q) ** 2 * (1 - q * q)
+    eye = jnp.eye(4)
+    polys = [(-eye[:1], jnp.full(1, -a)), (-eye[1:3], jnp.full(2, -a)), (-eye[3:], jnp.full(1, -a))]
+    r = gaussian_union_probability(polys, jnp.zeros(4), eye, key=jax.random.PRNGKey(2))
+    assert abs(float(r.probability) - ref) < 4 * float(r.stderr)
+    assert float(r.stderr) < 0.03 * ref
