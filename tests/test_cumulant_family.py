@@ -8,6 +8,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from ppl_mech.models import get_model
+from scipy import stats
 
 from ppl_mech import cumulants, handlers
 from ppl_mech._capture import capture_program
@@ -415,3 +416,41 @@ def test_a_nonlinearity_after_a_nonlinearity_at_order_two_notes_the_closure():
         r = handlers.mechanize(model, family="cumulant", order=order)()
         assert not any("moment-matched Gaussians" in n for n in r["one"].notes)
         assert any("moment-matched Gaussians" in n for n in r["two"].notes) == noted
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_a_threshold_on_a_slice_of_a_layer_is_decided_on_the_pre_activation(order):
+    """``relu(z)[1] > t`` (a slice between the layer and the threshold) used to be decided on the
+    moment-matched cumulants of relu(z)[1]: 0.54 for 0.37 at order 2, NaN at order 3. The moved chain
+    stays a chain on z[1], so the threshold is exact; a single-unit sum moves the unit too."""
+    w = jnp.array([[0.5, -0.4], [0.3, 0.6], [-0.2, 0.1]])
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        h = jax.nn.relu(x @ w)
+        numpyro.deterministic("slice", h[1] > 0.3)
+        numpyro.deterministic("one_unit_sum", h[1:2].sum() > 0.3)
+
+    r = handlers.mechanize(model, family="cumulant", order=order)()
+    exact = stats.norm.sf(0.3 / float(jnp.linalg.norm(w[:, 1])))
+    np.testing.assert_allclose(float(r["slice"].value), exact, rtol=1e-5)
+    np.testing.assert_allclose(float(r["one_unit_sum"].value), exact, rtol=1e-5)
+
+
+def test_slices_of_a_layer_that_meet_again_keep_one_joint_message():
+    """``h[:3] @ v + h[3:] @ v`` equals ``h @ [v, v]``: the moved chains are forced through the unmoved
+    layer's message, so the parts keep their joint cumulants (and no 'different messages' error)."""
+    w = jnp.asarray(np.random.default_rng(3).normal(size=(4, 6)) / 1.5)
+    v = jnp.array([0.7, -1.1, 0.4])
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.3, 1.0).expand([4]).to_event(1))
+        h = jnp.tanh(x @ w)
+        numpyro.deterministic("parts", h[:3] @ v + h[3:] @ v)
+        numpyro.deterministic("whole", h @ jnp.concatenate([v, v]))
+
+    for order in (2, 3):
+        r = handlers.mechanize(model, family="cumulant", order=order)()
+        np.testing.assert_allclose(float(r["parts"].value), float(r["whole"].value), rtol=1e-5)
+        np.testing.assert_allclose(float(r["parts"].diagnostics["variance"]),
+                                   float(r["whole"].diagnostics["variance"]), rtol=1e-5)

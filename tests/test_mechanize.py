@@ -709,3 +709,47 @@ def test_an_any_of_rare_independent_events_does_not_underflow():
         np.testing.assert_allclose(float(r["either"].value), 2 * stats.norm.sf(t), rtol=1e-4)
     grad = jax.grad(lambda t: handlers.mechanize(model, family=family)(t)["any"].value)(5.5)
     np.testing.assert_allclose(float(grad), -3 * stats.norm.pdf(5.5), rtol=1e-3)
+
+
+@pytest.mark.parametrize("family,options", [("gaussian", {}), ("diagonal", {}), ("cumulant", {"order": 2})])
+def test_stack_is_affine(family, options):
+    """``jnp.stack`` (a primitive of its own in recent JAX) is exact data movement; it used to be
+    refused by the cumulant family and statistically linearized by the others."""
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
+        s = jnp.stack([x[0] + x[1], 0.5 * x[2] - x[3]])  # units independent: the diagonal family is exact
+        numpyro.deterministic("moments", s @ jnp.array([1.0, 2.0]) + 0.5)
+        numpyro.deterministic("tail", s[1] > 1.0)
+
+    r = handlers.mechanize(model, family=family, **options)()
+    np.testing.assert_allclose(float(r["moments"].value), 0.5, atol=1e-6)
+    np.testing.assert_allclose(float(r["moments"].diagnostics["variance"]), 2.0 + 4 * 1.25, rtol=1e-5)
+    np.testing.assert_allclose(float(r["tail"].value), stats.norm.sf(1.0 / math.sqrt(1.25)), rtol=1e-5)
+    assert not any("linearization" in note for note in r["moments"].notes)
+
+
+@pytest.mark.parametrize("family,options", [("gaussian", {}), ("diagonal", {}), ("cumulant", {"order": 2})])
+def test_jnp_mod_is_an_elementwise_function(family, options):
+    """``jnp.mod`` combines comparisons of the remainder (``r != 0`` and ``(r < 0) != (d < 0)``)
+    before choosing a branch; those booleans are only predicates, so the whole remainder is one
+    chain (it used to be refused as "'ne' of a detector event"). A threshold with at most 3
+    intervals per unit is exact."""
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+        numpyro.deterministic("band", jnp.mod(0.4 * x + 1.0, 2.0) > 1.5)
+
+    # 0.4 x + 1 in (1.5, 2) + 2k: x in (1.25, 2.5), (-3.75, -2.5), (6.25, 7.5), ...
+    want = sum(stats.norm.cdf((2.0 + 2 * k - 1) / 0.4) - stats.norm.cdf((1.5 + 2 * k - 1) / 0.4)
+               for k in range(-4, 5))
+    r = handlers.mechanize(model, family=family, **options)()
+    np.testing.assert_allclose(float(r["band"].value), want, rtol=1e-4)
+
+
+def test_a_random_choice_between_values_names_what_has_a_rule():
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        numpyro.deterministic("c", jnp.where(x[0] > x[1], x[0], x[1]))
+
+    with pytest.raises(UnsupportedPrimitiveError, match=r"predicate compares the one input"):
+        handlers.mechanize(model, family="gaussian")()

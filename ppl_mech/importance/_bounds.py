@@ -131,7 +131,7 @@ def _rule(eqn, ins) -> tuple[float, float]:
         return min(ins[0][0], ins[1][0]), min(ins[0][1], ins[1][1])
     if name == "clamp":
         return max(ins[0][0], min(ins[1][0], ins[2][1])), min(ins[2][1], max(ins[1][1], ins[0][0]))
-    if name in ("select_n", "concatenate"):
+    if name in ("select_n", "concatenate", "stack"):
         cases = ins[1:] if name == "select_n" else ins
         return min(c[0] for c in cases), max(c[1] for c in cases)
     return WHOLE_LINE

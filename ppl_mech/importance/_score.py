@@ -42,7 +42,7 @@ from ._bounds import WHOLE_LINE, random_values_and_bounds, straddles_zero
 CALL_PRIMITIVES = {"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint",
                    "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"}
 SHAPE_PRIMITIVES = {"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose", "slice",
-                    "dynamic_slice", "dynamic_update_slice", "concatenate", "gather", "rev", "copy",
+                    "dynamic_slice", "dynamic_update_slice", "concatenate", "stack", "gather", "rev", "copy",
                     "copy_p", "pad", "select_n"}
 
 

@@ -47,7 +47,7 @@ ELEMENTWISE = {
     "nextafter", "pow", "sin", "cos", "erf",
 }
 MOVEMENT = {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice", "rev",
-            "concatenate", "pad", "gather", "dynamic_slice"}
+            "concatenate", "stack", "pad", "gather", "dynamic_slice"}
 CONSTANT = -1
 MOMENTS_NOTE = "categorical site {site!r}: exact mean and covariance, then a Gaussian ({family} family)"
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from jax.extend.core import Literal
 
@@ -50,6 +51,7 @@ from ppl_mech._bind import bind_eqn
 from ppl_mech._capture import LatentSite, live_equation_indices
 from ppl_mech._errors import UnsupportedDistributionError, UnsupportedPrimitiveError
 
+from ._data_movement import moved_units, rebased_chain
 from ._elementwise import (
     CLOSURE_INPUT_NOTE,
     STAIRS_NOTE,
@@ -63,9 +65,11 @@ from ._elementwise import (
 )
 from ._inputs import _full_covariance, _unwrap
 from ._interpreter import CALL_JAXPR_PARAMS, COMPARISONS, describe, inside_call
+from ._level_sets import SLOTS as LEVEL_SET_SLOTS
+from ._level_sets import interval_probability, level_set_intervals
 from ._linear import LINEAR_PRIMITIVES, bind_with, check_affine, variance_image
 from ._notes import NoteBook
-from ._predicates import predicate_only_vars, same_shape
+from ._predicates import BOOLEAN_COMBINERS, predicate_only_vars, same_shape
 from ._program import mechanized_program
 from ._state import Handle
 
@@ -78,6 +82,7 @@ class Threshold:
     threshold: Any
     upper: bool
     shape: tuple[int, ...]
+    probability: Any = None  # decided exactly already (intervals of a Gaussian base)
 
 
 COMBINED_DETECTOR_ERROR = (
@@ -248,8 +253,11 @@ class CumulantInterpreter:
         if name in ("eq", "ne") and len(values) == 2 and values[0] is values[1]:
             # ``x != x`` is the NaN test (softplus, logaddexp): a message's values are never NaN
             return jnp.full(aval.shape, name == "eq")
-        if name in COMPARISONS and eqn.outvars[0] in self.predicate_only and same_shape(eqn):
-            chained = self.compose_on_one_base(eqn, values, random, where)  # a branch choice (leaky ReLU)
+        if eqn.outvars[0] in self.predicate_only and same_shape(eqn) and (
+                name in COMPARISONS or name in ("eq", "ne")
+                or (name in BOOLEAN_COMBINERS and all(values[i].kind == "lazy" for i in random))):
+            # a branch choice (leaky ReLU; jnp.mod's combined comparisons)
+            chained = self.compose_on_one_base(eqn, values, random, where)
             if chained is not None:
                 return chained
         if name in COMPARISONS:
@@ -275,6 +283,10 @@ class CumulantInterpreter:
                 return self.force(chained)
             if chained is not None:
                 return chained
+        if name in LINEAR_PRIMITIVES and len(random) == 1:
+            moved = self._move_chain(eqn, values, random[0], where)
+            if moved is not None:
+                return moved
         values = [self.force(x) if isinstance(x, Handle) else x for x in values]
         if name not in LINEAR_PRIMITIVES:
             raise UnsupportedPrimitiveError(
@@ -296,6 +308,43 @@ class CumulantInterpreter:
             self.note(f"order 1: random operands of {name!r} treated as independent "
                       "(exact when they depend on disjoint units)")
         return self._affine_step(eqn, values, random, where)
+
+    def _move_chain(self, eqn, values, position: int, where: str) -> Handle | None:
+        """A slice/reshape/transpose of a lazy elementwise chain, kept lazy on the moved base.
+
+        So ``relu(z)[i] > t`` stays a threshold of ``z[i]`` (exact) instead of one decided on
+        the cumulants of ``relu(z)[i]``. Forcing the moved chain, or a chain composed on it,
+        forces the unmoved one and replays the steps on its message (:meth:`_replay`), so a
+        layer sliced into parts that meet again (``h[:5] @ a + h[5:] @ b``) keeps one joint
+        message.
+        """
+        h = values[position]
+        if h.kind != "lazy" or h.data["structure"][0] == "affine":
+            return None
+        base = h.data["base"]
+        if tuple(base.shape) != tuple(h.shape):
+            return None
+        units = moved_units(eqn, values, position)
+        if units is None or np.unique(units).size != units.size:
+            return None
+        moved_values = list(values)
+        moved_values[position] = base
+        moved_base = self._affine_step(eqn, moved_values, [position], where)
+        fill = base.data["fn"](base.data["node"].message.mean)
+        data = rebased_chain(h.data, units, base.shape, moved_base.shape, fill)
+        return Handle(moved_base.shape, h.dtype, "lazy",
+                      {"base": moved_base, **data, "replay": ("move", eqn, values)}, where)
+
+    def _replay(self, h: Handle) -> Handle:
+        """``h`` (a chain on a moved chain) rebuilt on the unmoved chain's forced message."""
+        kind, eqn, values = h.data["replay"]
+        values = list(values)
+        if kind == "move":
+            position = next(i for i, x in enumerate(values) if isinstance(x, Handle))
+            values[position] = self.force(values[position])
+            return self._affine_step(eqn, values, [position], h.origin)
+        values = [self._replay(x) if isinstance(x, Handle) and "replay" in x.data else x for x in values]
+        return self.apply(eqn, values)
 
     def _threshold(self, eqn, values, random, where) -> Threshold:
         name = eqn.primitive.name
@@ -323,6 +372,8 @@ class CumulantInterpreter:
             self.note(f"{where}: a comparison of a monotone elementwise function, decided on its input "
                       "by inverting the threshold")
             return Threshold(base, crossing, upper == (direction > 0), shape)
+        if level_set_chain(y, shape) and not self.base_of(y).data["node"].nonlinear:
+            return self._level_set_threshold(y, threshold, upper, name in ("gt", "lt"), shape, where)
         if level_set_chain(y, shape):
             self.note(f"{where}: a threshold of a non-monotone elementwise function (abs, square, gelu "
                       "below its minimum...) is decided on the tail of that function's own cumulants, "
@@ -330,8 +381,31 @@ class CumulantInterpreter:
                       "'diagonal' decides it exactly, as intervals of its input")
         return Threshold(self.force(y), threshold, upper, shape)
 
+    def _level_set_threshold(self, y: Handle, threshold, upper: bool, strict: bool, shape,
+                             where: str) -> Threshold:
+        """``f(z) > t`` for a chain ``f`` of unknown direction (non-monotone, or scaled by a traced
+        factor) on a Gaussian base ``z``: a union of intervals of ``z``, exactly as the gaussian
+        family decides it."""
+        base = self.base_of(y)
+        message = self.message(base, through=2)
+        mean = jnp.reshape(message.mean, shape)
+        var = jnp.reshape(cumulants.variance(message), shape)
+        sign = 1 if upper else -1
+        margin = sign * (y.data["fn"](mean) - threshold)
+        at_mean = margin > 0 if strict else margin >= 0
+        lower, upper_ends, _ = level_set_intervals(y.data["fn"], threshold, sign, mean, var, strict=strict)
+        self.note(f"{where}: a comparison of an elementwise function of unknown direction, decided on its "
+                  f"Gaussian input as up to {LEVEL_SET_SLOTS} intervals per unit")
+        probability = interval_probability(lower, upper_ends, mean, var, at_mean)
+        return Threshold(base, threshold, upper, shape, probability=probability)
+
     def _tail(self, detector: Threshold) -> dict[str, Any]:
         from ppl_mech.tails import saddlepoint_tail_from_cumulants
+
+        if detector.probability is not None:
+            p = detector.probability
+            return {"value": p, "stderr": jnp.zeros_like(p), "log_probability": jnp.log(p),
+                    "tail_status": jnp.zeros(detector.shape, jnp.int32)}
 
         message = self.message(detector.handle, through=max(self.order, 2))
         k = max(self.order, 2)
@@ -379,7 +453,11 @@ class CumulantInterpreter:
         """The lazy chain of an elementwise ``eqn`` whose random operands share one base, else None."""
         if len({id(self.base_of(values[i])) for i in random}) != 1:
             return None
-        return compose(eqn, values, {i: values[i] for i in random}, self.base_of(values[random[0]]), where)
+        chained = compose(eqn, values, {i: values[i] for i in random}, self.base_of(values[random[0]]),
+                          where)
+        if chained is not None and any("replay" in values[i].data for i in random):
+            chained.data["replay"] = ("compose", eqn, values)
+        return chained
 
     @staticmethod
     def base_of(h: Handle) -> Handle:
@@ -416,7 +494,9 @@ class CumulantInterpreter:
             return h.data["forced"]
         base, fn, structure = h.data["base"], h.data["fn"], h.data["structure"]
         dtype = jnp.result_type(h.dtype)
-        if structure[0] == "affine":
+        if "replay" in h.data:  # on a moved chain: the unmoved chain's message, moved
+            new = self.force(self._replay(h))
+        elif structure[0] == "affine":
             scale, _ = _affine_of(fn, base.shape, dtype)
             base_fn, base_var = base.data["fn"], base.data["var_fn"]
 

@@ -28,6 +28,7 @@ from ppl_mech._errors import UnsupportedPrimitiveError
 from . import _categorical as categorical
 from . import _deferred as deferred
 from . import _events as events
+from ._data_movement import STRUCTURAL, moved_units, rebased_chain
 from ._elementwise import (
     compose,
     force,
@@ -39,7 +40,7 @@ from ._elementwise import (
 from ._level_sets import SLOTS as LEVEL_SET_SLOTS
 from ._level_sets import interval_probability, level_set_intervals
 from ._linear import LINEAR_PRIMITIVES, affine_image, bind_with, is_affine, linear_rule
-from ._predicates import predicate_only_vars, same_shape
+from ._predicates import BOOLEAN_COMBINERS, predicate_only_vars, same_shape
 from ._state import Handle, State, boolean_law, variance_of
 from ._thresholds import ReluPreimage, flat_affine, relu_preimage, threshold_margin
 
@@ -49,10 +50,6 @@ CALL_JAXPR_PARAMS = {
     "custom_vjp_call_jaxpr": "fun_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr",
 }
 COMPARISONS = {"gt": 1, "ge": 1, "lt": -1, "le": -1}
-STRUCTURAL = {"reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice", "rev",
-              "copy", "copy_p", "gather", "dynamic_slice", "concatenate", "select_n", "pad",
-              "dynamic_update_slice", "convert_element_type"}
-
 
 ARG_EXTREMA = ("argmax", "argmin")
 RANDOM_INDEX_PRIMITIVES = {"dynamic_slice", "dynamic_update_slice", "gather", "scatter", "scatter-add",
@@ -374,7 +371,7 @@ class Interpreter:
         if name in ("eq", "ne") and len(values) == 2 and values[0] is values[1]:
             # ``x != x`` is the NaN test (softplus, logaddexp): a message's values are never NaN
             return [jnp.full(out_aval.shape, name == "eq")]
-        if name in COMPARISONS and eqn.outvars[0] in self.predicate_only and same_shape(eqn):
+        if self.chains_a_predicate(eqn, values, random):
             chained = self.compose_on_one_base(eqn, values, random, where)  # a branch choice (leaky ReLU)
             if chained is not None:
                 return [chained]
@@ -421,7 +418,7 @@ class Interpreter:
             out = linear_rule(self.state, eqn, values, random, where)
             wanted = len(random) == 1 and ("preimage" in values[random[0]].data
                                            or self.state.family == "gaussian")
-            moved = self.moved_units(eqn, values, random[0]) if wanted else None
+            moved = moved_units(eqn, values, random[0]) if wanted else None
             self.carry_preimage(eqn, values, random, out, moved)
             self.carry_units(values, random, out, moved)
             if shadow is not None:
@@ -432,6 +429,17 @@ class Interpreter:
             f"{where}: no propagation rule for {name!r} with random operands "
             f"(family {self.state.family!r})"
         )
+
+    def chains_a_predicate(self, eqn, values, random) -> bool:
+        """Whether ``eqn`` only builds a branch choice of an elementwise chain (see _predicates):
+        a comparison, or a boolean combination of chains' comparisons (jnp.mod's), used only to
+        pick between branches."""
+        name = eqn.primitive.name
+        if eqn.outvars[0] not in self.predicate_only or not same_shape(eqn):
+            return False
+        if name in COMPARISONS or name in ("eq", "ne"):
+            return all(values[i].kind in ("lazy", "moments") for i in random)
+        return name in BOOLEAN_COMBINERS and all(values[i].kind == "lazy" for i in random)
 
     # --- deferred blocks (see _deferred) -------------------------------------------------
     def deferrable(self, values, random) -> bool:
@@ -558,58 +566,20 @@ class Interpreter:
         base = h.data["base"]
         if tuple(base.shape) != tuple(h.shape):
             return None
-        units = self.moved_units(eqn, values, position)
+        units = moved_units(eqn, values, position)
         if units is None or np.unique(units).size != units.size:
             return None
         moved_values = list(values)
         moved_values[position] = base
         moved_base = self.apply(eqn, moved_values)[0]
         self.hold(moved_base)
-        in_shape, out_shape, fill = base.shape, moved_base.shape, jnp.reshape(base.data["mean"], (-1,))
-
-        def rebased(f):
-            def g(z):
-                full = fill.astype(z.dtype).at[units].set(jnp.reshape(z, (-1,)))
-                return jnp.reshape(jnp.reshape(f(jnp.reshape(full, in_shape)), (-1,))[units], out_shape)
-            return g
-
-        structure = h.data["structure"]
-        if structure[0] == "closed":  # keep the closed form (exp, square): its pre/post move too
-            structure = ("closed", rebased(structure[1]), structure[2], rebased(structure[3]))
-        return Handle(out_shape, h.dtype, "lazy", {
-            "base": moved_base, "fn": rebased(h.data["fn"]), "structure": structure,
-            "monotone": h.data.get("monotone", 0),
-            "jumps": tuple(rebased(j) for j in h.data.get("jumps", ())),
-            "soft": tuple((rebased(g), d, c) for g, d, c in h.data.get("soft", ())),
-            "stairs": h.data.get("stairs", False),
-            "domain": h.data.get("domain", False),
-        }, where)
-
-    def moved_units(self, eqn, values, position: int) -> np.ndarray | None:
-        """For a data-movement primitive: the flat operand unit of each output unit (else None).
-
-        None when the primitive is not pure data movement of its one random operand (it mixes
-        in constants, converts to a non-float, or its indices are traced).
-        """
-        if eqn.primitive.name not in STRUCTURAL:
-            return None
-        constants = set(range(len(values))) - {position}
-        if not constants <= set(self._index_ops(eqn)) or \
-                any(isinstance(values[i], jax.core.Tracer) for i in constants):
-            return None
-        if eqn.primitive.name == "convert_element_type" and not jnp.issubdtype(
-                eqn.params["new_dtype"], jnp.floating):
-            return None
-        source = values[position]
-        with jax.ensure_compile_time_eval():
-            units = jnp.arange(source.size, dtype=source.dtype).reshape(source.shape)
-            moved = bind_with(eqn, values, [position])(units)
-            return np.asarray(jnp.reshape(moved, (-1,))).astype(np.int64)
+        data = rebased_chain(h.data, units, base.shape, moved_base.shape, base.data["mean"])
+        return Handle(moved_base.shape, h.dtype, "lazy", {"base": moved_base, **data}, where)
 
     def carry_units(self, values, random, out: Handle, index: np.ndarray | None) -> None:
         """Remember which units of which value a slice/reshape/gather output is (``units_of``).
 
-        ``index``: :meth:`moved_units` of the equation. Comparisons use it to see that
+        ``index``: :func:`moved_units` of the equation. Comparisons use it to see that
         ``o[0] > a`` and ``o[0] < b`` (two slices) are one scalar.
         """
         if index is None or self.state.family != "gaussian":
@@ -621,7 +591,7 @@ class Interpreter:
     def carry_extremum(self, eqn, values, position: int, out: Handle) -> None:
         """Let a data-movement primitive on a max/min carry which source units each output unit maxes."""
         kind, source, _, groups = values[position].data["extremum"]
-        index = self.moved_units(eqn, values, position)
+        index = moved_units(eqn, values, position)
         if index is None:
             return  # mixes in constants, or indices not known while tracing: the max stays a closure
         flat = groups.reshape(-1, groups.shape[-1])[index]
@@ -825,9 +795,9 @@ class Interpreter:
     def carry_preimage(self, eqn, values, random, out: Handle, index: np.ndarray | None) -> None:
         """Let a data-movement primitive carry its operand's ReLU preimage to ``out``.
 
-        ``index``: :meth:`moved_units` of the equation (``None`` when it is not pure data movement).
+        ``index``: :func:`moved_units` of the equation (``None`` when it is not pure data movement).
         """
-        if len(random) != 1 or eqn.primitive.name not in STRUCTURAL:
+        if len(random) != 1 or (eqn.primitive.name not in STRUCTURAL and index is None):
             return
         source = values[random[0]]
         if "preimage" not in source.data:
@@ -1121,10 +1091,13 @@ class Interpreter:
         aval = eqn.outvars[0].aval
         if any(isinstance(x, Handle) and x.kind != "events" for x in values):
             raise UnsupportedPrimitiveError(
-                f"{where}: {name!r} mixes a detector event with a random real value (e.g. "
-                "jnp.where(event, x, y) where the event is also reported or combined): the gaussian "
-                "family has no rule for it (nor do the others: a random predicate makes a mixture); "
-                "estimate this model with handlers.sample or handlers.importance"
+                f"{where}: {name!r} chooses between random real values by a random predicate "
+                "(jnp.where(x0 > x1, a, b), or jnp.where(event, x, y) where the event is also "
+                "reported): a choice is a rule only when its predicate compares the one input that the "
+                "branches are elementwise functions of (jnp.where(y > 0, y, 0.1 * y)); any other random "
+                "choice makes a mixture, which the gaussian family does not propagate (the diagonal "
+                "family presumes the choice independent of the branches); estimate this model with "
+                "handlers.sample or handlers.importance"
             )
         arrays = [x.data["events"] if isinstance(x, Handle) and x.kind == "events"
                   else events.constant_events(x) for x in values]

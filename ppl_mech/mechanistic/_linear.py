@@ -32,7 +32,7 @@ INDEX_OPERANDS = {
 }
 # constant operands that multiply the random one (squared in the variance image)
 MULTIPLICATIVE = {"mul", "div", "dot_general", "conv_general_dilated"}
-ADDITIVE = {"add", "sub", "add_any", "select_n", "concatenate", "pad", "dynamic_update_slice"}
+ADDITIVE = {"add", "sub", "add_any", "select_n", "concatenate", "stack", "pad", "dynamic_update_slice"}
 PASS_THROUGH = {
     "reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "slice", "rev",
     "copy", "copy_p", "gather", "dynamic_slice", "reduce_sum", "cumsum", "convert_element_type",

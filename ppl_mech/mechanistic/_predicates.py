@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import jax.numpy as jnp
 from jax.extend.core import Literal
+
+BOOLEAN_COMBINERS = {"and", "or", "not", "xor", "ne", "eq"}
 
 
 def predicate_only_vars(jaxpr, call_params: dict[str, str]) -> set:
-    """The variables of ``jaxpr`` (not its outputs) used only as ``select_n`` predicates."""
+    """The variables of ``jaxpr`` (not its outputs) used only as ``select_n`` predicates, directly or
+    through boolean combinations (and/or/not/xor/eq/ne of booleans) that are themselves only that."""
     uses: dict = defaultdict(list)
     for eqn in jaxpr.eqns:
         for position, v in enumerate(eqn.invars):
@@ -36,13 +40,20 @@ def predicate_only_vars(jaxpr, call_params: dict[str, str]) -> set:
             inner_cache[id(sub)] = predicate_only_vars(sub, call_params)
         return position < len(sub.invars) and sub.invars[position] in inner_cache[id(sub)]
 
-    def predicate_use(eqn, position) -> bool:
-        return (eqn.primitive.name == "select_n" and position == 0) or inner_only(eqn, position)
+    def predicate_use(eqn, position, found) -> bool:
+        name = eqn.primitive.name
+        if name in BOOLEAN_COMBINERS and eqn.outvars[0] in found and \
+                all(getattr(v.aval, "dtype", None) == jnp.bool_ for v in eqn.invars):
+            return True  # combined with other predicates first: jnp.mod's (r != 0) & ((r < 0) != (d < 0))
+        return (name == "select_n" and position == 0) or inner_only(eqn, position)
 
-    return {
-        v for v, used in uses.items()
-        if v not in outputs and all(predicate_use(eqn, position) for eqn, position in used)
-    }
+    # the largest set closed under "every use is a predicate use": shrink from every candidate
+    found = {v for v in uses if v not in outputs}
+    while True:
+        kept = {v for v in found if all(predicate_use(eqn, position, found) for eqn, position in uses[v])}
+        if kept == found:
+            return found
+        found = kept
 
 
 def same_shape(eqn) -> bool:
