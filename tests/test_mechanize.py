@@ -612,7 +612,8 @@ def test_a_chain_summed_before_its_threshold_keeps_its_rule(family, sum_first):
 
 @pytest.mark.parametrize("family", ["diagonal", "gaussian"])
 def test_sqrt_and_log_of_a_sum_of_squares_are_finite_and_noted(family):
-    """The closure of a sum of squares puts mass below 0: sqrt/log of it were NaN with no note."""
+    """The closure of a sum of squares puts mass below 0: sqrt/log of it were NaN with no note, then
+    (integrated where defined) 1.5% / 0.03% off; read through its Gamma law, 0.12% / 0.4%."""
     mu = np.array([1.0, -0.5, 0.0, 2.0, 0.3])
 
     def model():
@@ -624,10 +625,10 @@ def test_sqrt_and_log_of_a_sum_of_squares_are_finite_and_noted(family):
     square = stats.ncx2(5, np.sum(mu**2))
     norm = square.expect(np.sqrt)
     log = square.expect(np.log)
-    assert float(r["norm"].value) == pytest.approx(norm, rel=0.02)
-    assert float(r["log"].value) == pytest.approx(log, rel=0.002)
+    assert float(r["norm"].value) == pytest.approx(norm, rel=0.003)
+    assert float(r["log"].value) == pytest.approx(log, rel=0.006)
     for site in ("norm", "log"):
-        assert any("undefined on part of the line" in n for n in r[site].notes)
+        assert any("Gamma law" in n for n in r[site].notes)
 
 
 @pytest.mark.parametrize("family", ["mean", "diagonal"])

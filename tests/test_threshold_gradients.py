@@ -190,12 +190,12 @@ def test_a_monotone_chain_of_a_traced_scale_is_decided_on_its_input(options):
     np.testing.assert_allclose(float(grad_t), -stats.norm.pdf(5.2) / (a * (1 - t * t)), rtol=1e-3)
 
 
-@pytest.mark.parametrize("options", [{"family": "gaussian"}, {"family": "cumulant", "order": 2},
-                                     {"family": "cumulant", "order": 4}])
+@pytest.mark.parametrize("options", [{"family": "cumulant", "order": 2}, {"family": "cumulant", "order": 4}])
 def test_a_relu_chain_scaled_by_a_traced_factor_is_decided_on_its_input(options):
     """``a * relu(z) > t`` and ``tanh(a * relu(z)) > t`` with ``a`` traced: the chain's direction is
     unknown while tracing. The cumulant family took a closure tail under ``jax.grad`` (dP/da 0.247
-    for 0.128 at order 2); it now decides such chains as intervals of their Gaussian input."""
+    for 0.128 at order 2); it now decides such chains as intervals of their Gaussian input, as the
+    gaussian family does (which was right, and is not repeated here: 25 s of compiling)."""
     w = jnp.array([0.6, -0.3, 0.2])
     sd = float(jnp.linalg.norm(w))
 

@@ -70,4 +70,6 @@ def rebased_chain(data: dict, units: np.ndarray, in_shape, out_shape, fill) -> d
         "soft": tuple((rebased(g), d, c) for g, d, c in data.get("soft", ())),
         "stairs": data.get("stairs", False),
         "domain": data.get("domain", False),
+        "nonnegative": data.get("nonnegative", False),
+        "gamma": data.get("gamma", False),
     }

@@ -164,11 +164,44 @@ def compose(eqn, values: list, operands: dict[int, Handle], base: Handle, where:
         staircase is not None and name != "sign"
     )
     monotone = _monotone_step(eqn, values, positions, incoming)
+    nonnegative = _nonnegative_step(eqn, values, positions, operands)
     return Handle(
         eqn.outvars[0].aval.shape, eqn.outvars[0].aval.dtype, "lazy",
         {"base": base, "fn": fn, "structure": structure, "monotone": monotone, "jumps": jumps,
-         "soft": soft, "stairs": stairs, "domain": _restricts_domain(name, positions, operands)}, where,
+         "soft": soft, "stairs": stairs, "domain": _restricts_domain(name, positions, operands),
+         "nonnegative": nonnegative,
+         "gamma": any(operands[i].kind == "lazy" and operands[i].data.get("gamma") for i in positions)},
+        where,
     )
+
+
+NONNEGATIVE_OUTPUTS = {"abs", "exp", "exp2", "sqrt", "logistic", "square"}
+
+
+def _nonnegative_step(eqn, values, positions, operands) -> bool:
+    """Whether the chain is >= 0 everywhere after ``eqn`` (a square, an exp, a sum of such...).
+
+    A moment-matched Gaussian of a nonnegative value (a sum of squares) is replaced by a Gamma
+    law when it is read again (see ``gamma_closure``).
+    """
+    name = eqn.primitive.name
+    flags = [operands[i].kind == "lazy" and operands[i].data.get("nonnegative", False) for i in positions]
+    constants = [v for i, v in enumerate(values) if i not in positions]
+    if name in NONNEGATIVE_OUTPUTS:
+        return True
+    if name == "integer_pow":
+        return eqn.params["y"] % 2 == 0
+    if name == "mul" and len(positions) == 2 and operands[positions[0]] is operands[positions[1]]:
+        return True  # x * x
+    if name in ("mul", "add", "add_any", "max") or (name == "div" and positions == [0]):
+        return all(flags) and all(_constant_sign(c) > 0 or _is_zero(c) for c in constants)
+    if name in ("convert_element_type", "copy", "copy_p", "reduce_precision"):
+        return all(flags)
+    return False
+
+
+def _is_zero(x) -> bool:
+    return not isinstance(x, jax.core.Tracer) and bool(np.all(np.asarray(x) == 0))
 
 
 def _restricts_domain(name: str, positions, operands) -> bool:
@@ -355,6 +388,8 @@ def force(state: State, h: Handle) -> Handle:
         state.note(CLOSURE_INPUT_NOTE, at=h.at)
     if structure[0] != "affine" or base.data.get("closure"):
         new.data["closure"] = True  # a moment-matched Gaussian of a non-Gaussian value
+    if h.data.get("nonnegative"):
+        new.data["nonnegative"] = True
     state.become(h, new)
     return h
 

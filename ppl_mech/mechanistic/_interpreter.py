@@ -37,6 +37,7 @@ from ._elementwise import (
     monotone_chain,
     monotone_crossing,
 )
+from ._gamma_closure import GAMMA_NOTE, gamma_chain, keeps_nonnegative, reads_as_gamma
 from ._level_sets import SLOTS as LEVEL_SET_SLOTS
 from ._level_sets import interval_probability, level_set_intervals
 from ._linear import LINEAR_PRIMITIVES, affine_image, bind_with, is_affine, linear_rule
@@ -421,6 +422,8 @@ class Interpreter:
             moved = moved_units(eqn, values, random[0]) if wanted else None
             self.carry_preimage(eqn, values, random, out, moved)
             self.carry_units(values, random, out, moved)
+            if keeps_nonnegative(eqn, values, random):
+                out.data["nonnegative"] = True
             if shadow is not None:
                 out.data["provenance"] = shadow
             return [out]
@@ -681,8 +684,29 @@ class Interpreter:
             return None
         base = self.base_of(values[random[0]])
         new = compose(eqn, values, {i: values[i] for i in random}, base, where)
+        if new.data["structure"][0] != "affine" and any(self.needs_gamma_view(values[i]) for i in random):
+            values = list(values)
+            for i in random:
+                if self.needs_gamma_view(values[i]):
+                    values[i] = self.gamma_view(values[i], where)
+            new = compose(eqn, values, {i: values[i] for i in random}, base, where)
         self.hold(base)
         return new
+
+    def reads_as_gamma(self, h: Handle) -> bool:
+        """``h`` is a nonnegative closure that its readers should see through its Gamma law."""
+        return self.state.family != "mean" and reads_as_gamma(h)
+
+    def needs_gamma_view(self, h: Handle) -> bool:
+        """``h`` is a nonnegative closure, or a chain on one not yet read through its Gamma law."""
+        return h.kind in ("moments", "lazy") and not h.data.get("gamma") and \
+            self.reads_as_gamma(self.base_of(h))
+
+    def gamma_view(self, h: Handle, where: str) -> Handle:
+        """``h`` (a nonnegative closure, or a chain on one) read through the closure's Gamma law."""
+        base = self.base_of(h)
+        self.state.note(f"{where}: {GAMMA_NOTE}")
+        return gamma_chain(h, base, variance_of(self.state, base))
 
     def base_of(self, h: Handle) -> Handle:
         return h.data["base"] if h.kind == "lazy" else h
@@ -976,6 +1000,9 @@ class Interpreter:
                 "exactly while each unit reads one token, or two different tokens, of one site; "
                 "jnp.remainder and jnp.mod emit such a test: use jax.lax.rem for a random dividend)"
             )
+        if len(random) == 1 and self.needs_gamma_view(values[random[0]]):
+            values = list(values)
+            values[random[0]] = self.gamma_view(values[random[0]], where)
         if len(random) == 1:
             pre = self.preimage_of(values[random[0]])
             if pre is not None:
@@ -990,7 +1017,7 @@ class Interpreter:
 
     def note_closure(self, h: Handle, where: str) -> None:
         """Say so when a comparison is decided on a moment-matched Gaussian of a non-Gaussian value."""
-        if h.data.get("closure") and self.state.family != "mean":
+        if h.data.get("closure") and self.state.family != "mean" and not self.reads_as_gamma(h):
             self.state.note(f"{where}: decided on the Gaussian closure (moment matching) of a non-Gaussian "
                             "value; its tail probabilities can be far off (check rare events with "
                             "handlers.importance)")
