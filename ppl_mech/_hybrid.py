@@ -518,7 +518,7 @@ def hybrid_estimate(
     results = {}
     for name, site in chosen.items():
         piece, site_notes = pieces[name]
-        piece["diagnostics"]["antithetic"] = antithetic
+        piece["diagnostics"]["antithetic"] = antithetic or frame_choice is not None  # frames are antithetic
         piece["diagnostics"]["frame_size"] = 0 if frame_choice is None else frame_choice[1]
         results[name] = SiteResult(
             piece["value"], piece["stderr"], piece["interval"], piece["diagnostics"], cost, method,

@@ -20,7 +20,7 @@ def one_unit(threshold, op):
 
 def exact_one_unit(threshold, op_name):
     """P[op(relu(x), t)] for x ~ N(MU, SIGMA^2), by cases."""
-    above = scipy.stats.norm.sf(threshold, MU, SIGMA)  # P(x > t)
+    above = scipy.scipy.stats.norm.sf(threshold, MU, SIGMA)  # P(x > t)
     if op_name == "gt":
         return 1.0 if threshold < 0 else above
     if op_name == "ge":
@@ -48,7 +48,7 @@ def test_traced_threshold_under_jit_and_grad(x64):
     for t in (-1.0, 0.5, 3.0):
         assert float(jax.jit(p)(t)) == pytest.approx(exact_one_unit(t, "gt"), rel=1e-10)
     grad = jax.grad(p)(2.0)
-    assert float(grad) == pytest.approx(-scipy.stats.norm.pdf(2.0, MU, SIGMA), rel=1e-8)
+    assert float(grad) == pytest.approx(-scipy.scipy.stats.norm.pdf(2.0, MU, SIGMA), rel=1e-8)
 
 
 def test_scaled_and_shifted_relu_and_reversed_comparison(x64):
@@ -58,7 +58,7 @@ def test_scaled_and_shifted_relu_and_reversed_comparison(x64):
         numpyro.deterministic("event", 0.0 < y)
 
     r = handlers.mechanize(model)()
-    assert float(r["event"].value) == pytest.approx(scipy.stats.norm.cdf(1.0, MU, SIGMA), rel=1e-10)
+    assert float(r["event"].value) == pytest.approx(scipy.scipy.stats.norm.cdf(1.0, MU, SIGMA), rel=1e-10)
 
 
 def two_layer(w1, w2, thresholds):
@@ -106,7 +106,7 @@ def test_certain_and_impossible_units_inside_a_conjunction(x64):
     r = handlers.mechanize(model)(jnp.asarray([-1.0, 0.5, 0.2]))  # unit 0 is certain
     assert float(r["event"].value) == pytest.approx(exact, rel=1e-4)
     r = handlers.mechanize(model)(jnp.asarray([-1.0, 0.5, -0.2]))  # a plain 1-D tail
-    assert float(r["event"].value) == pytest.approx(scipy.stats.norm.sf(0.5), rel=1e-10)
+    assert float(r["event"].value) == pytest.approx(scipy.scipy.stats.norm.sf(0.5), rel=1e-10)
 
     def impossible(t):
         x = numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(3), cov))
@@ -126,3 +126,31 @@ def test_a_lost_preimage_is_noted_not_silent():
 
     r = handlers.mechanize(model)()["catastrophe"]
     assert any("pre-activation does not follow" in note and "concatenate" in note for note in r.notes)
+
+
+@pytest.mark.parametrize("family", ["gaussian", "diagonal"])
+def test_a_function_of_a_sliced_relu_unit_is_decided_on_its_pre_activation(family):
+    """``tanh(s * relu(z)[2]) > t``: the slice forces the ReLU layer (its units keep their preimage),
+    and the chain after it was decided on the unit's closure (0.367 for 0.275). It is now re-based on
+    the pre-activation and decided as intervals of it, the ReLU's flat part included."""
+    w = jnp.array([[0.5, -0.4, 0.3], [0.3, 0.6, -0.2], [-0.2, 0.1, 0.4]])
+    sd = float(jnp.linalg.norm(w[:, 2]))
+
+    def model(s):
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        h = jax.nn.relu(x @ w)
+        numpyro.deterministic("squashed", jnp.tanh(s * h[2]) > 0.4)
+        numpyro.deterministic("plateau", jnp.tanh(s * h[2]) > -0.1)  # certain: tanh(relu) >= 0
+        numpyro.deterministic("below", jax.nn.sigmoid(h[2]) < 0.6)  # relu(z) < logit(0.6)
+
+    r = handlers.mechanize(model, family=family)(1.5)
+    cut = float(np.arctanh(0.4))
+    np.testing.assert_allclose(float(r["squashed"].value), scipy.stats.norm.sf(cut / 1.5 / sd), rtol=1e-4)
+    np.testing.assert_allclose(float(r["plateau"].value), 1.0, atol=1e-6)
+    logit = float(np.log(0.6 / 0.4))
+    np.testing.assert_allclose(float(r["below"].value), scipy.stats.norm.cdf(logit / sd), rtol=1e-4)
+    if family == "diagonal":  # the gradient once (compiling it under gaussian costs ~20 s more)
+        grad = jax.grad(lambda s: handlers.mechanize(model, family=family, sites=["squashed"])(s)
+                        ["squashed"].value)(1.5)
+        np.testing.assert_allclose(float(grad), scipy.stats.norm.pdf(cut / 1.5 / sd) * cut / (1.5**2 * sd),
+                                   rtol=1e-3)

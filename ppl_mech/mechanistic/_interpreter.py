@@ -1003,6 +1003,11 @@ class Interpreter:
         if len(random) == 1 and self.needs_gamma_view(values[random[0]]):
             values = list(values)
             values[random[0]] = self.gamma_view(values[random[0]], where)
+        if len(random) == 1 and level_set_chain(values[random[0]], shape) and \
+                self.preimage_of(values[random[0]].data["base"]) is not None:
+            # f(relu(z)[i]) > t: the chain on the ReLU unit, re-based on its pre-activation (exact)
+            chain = self.chain_through_preimage(values[random[0]], where)
+            return self.compare_level_set(eqn, values, random[0], chain, where)
         if len(random) == 1:
             pre = self.preimage_of(values[random[0]])
             if pre is not None:
@@ -1014,6 +1019,25 @@ class Interpreter:
         m, sign = self.margin(eqn, values, random, where)
         self.note_closure(m, where)
         return self.margin_event(m, sign, shape, where, independent=len(random) > 1)
+
+    def chain_through_preimage(self, h: Handle, where: str) -> Handle:
+        """A chain ``f(v)`` on a ReLU output ``v = post(relu(pre(z[index])))`` as a chain on the units of
+        the Gaussian ``z`` (``tanh(s * relu(z)[2]) > t``, where the ReLU chain was forced by the slice).
+        Its direction is not needed: :meth:`compare_level_set` decides it as intervals of ``z``."""
+        pre = self.preimage_of(h.data["base"])
+        index, shape = pre.index, tuple(h.shape)
+        def gather(z):
+            return jnp.reshape(jnp.reshape(z, (-1,))[index], shape)
+
+        units = affine_image(self.state, gather, [pre.base], where, gather)
+        fn = h.data["fn"]
+
+        def through(u):  # u: units of z, the chain's shape
+            relu = jax.nn.relu(pre.pre_scale.reshape(shape) * u + pre.pre_shift.reshape(shape))
+            return fn(pre.post_scale.reshape(shape) * relu + pre.post_shift.reshape(shape))
+
+        return Handle(h.shape, h.dtype, "lazy", {"base": units, "fn": through, "structure": ("generic",),
+                                                 "monotone": 0, "jumps": (), "soft": ()}, where)
 
     def note_closure(self, h: Handle, where: str) -> None:
         """Say so when a comparison is decided on a moment-matched Gaussian of a non-Gaussian value."""
