@@ -20,7 +20,7 @@ def one_unit(threshold, op):
 
 def exact_one_unit(threshold, op_name):
     """P[op(relu(x), t)] for x ~ N(MU, SIGMA^2), by cases."""
-    above = scipy.scipy.stats.norm.sf(threshold, MU, SIGMA)  # P(x > t)
+    above = scipy.stats.norm.sf(threshold, MU, SIGMA)  # P(x > t)
     if op_name == "gt":
         return 1.0 if threshold < 0 else above
     if op_name == "ge":
@@ -48,7 +48,7 @@ def test_traced_threshold_under_jit_and_grad(x64):
     for t in (-1.0, 0.5, 3.0):
         assert float(jax.jit(p)(t)) == pytest.approx(exact_one_unit(t, "gt"), rel=1e-10)
     grad = jax.grad(p)(2.0)
-    assert float(grad) == pytest.approx(-scipy.scipy.stats.norm.pdf(2.0, MU, SIGMA), rel=1e-8)
+    assert float(grad) == pytest.approx(-scipy.stats.norm.pdf(2.0, MU, SIGMA), rel=1e-8)
 
 
 def test_scaled_and_shifted_relu_and_reversed_comparison(x64):
@@ -58,7 +58,7 @@ def test_scaled_and_shifted_relu_and_reversed_comparison(x64):
         numpyro.deterministic("event", 0.0 < y)
 
     r = handlers.mechanize(model)()
-    assert float(r["event"].value) == pytest.approx(scipy.scipy.stats.norm.cdf(1.0, MU, SIGMA), rel=1e-10)
+    assert float(r["event"].value) == pytest.approx(scipy.stats.norm.cdf(1.0, MU, SIGMA), rel=1e-10)
 
 
 def two_layer(w1, w2, thresholds):
@@ -106,7 +106,7 @@ def test_certain_and_impossible_units_inside_a_conjunction(x64):
     r = handlers.mechanize(model)(jnp.asarray([-1.0, 0.5, 0.2]))  # unit 0 is certain
     assert float(r["event"].value) == pytest.approx(exact, rel=1e-4)
     r = handlers.mechanize(model)(jnp.asarray([-1.0, 0.5, -0.2]))  # a plain 1-D tail
-    assert float(r["event"].value) == pytest.approx(scipy.scipy.stats.norm.sf(0.5), rel=1e-10)
+    assert float(r["event"].value) == pytest.approx(scipy.stats.norm.sf(0.5), rel=1e-10)
 
     def impossible(t):
         x = numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(3), cov))

@@ -83,6 +83,7 @@ class Threshold:
     upper: bool
     shape: tuple[int, ...]
     probability: Any = None  # decided exactly already (intervals of a Gaussian base)
+    dropped_intervals: Any = None  # with ``probability``: intervals beyond the slots, per unit at most
 
 
 COMBINED_DETECTOR_ERROR = (
@@ -393,11 +394,13 @@ class CumulantInterpreter:
         sign = 1 if upper else -1
         margin = sign * (y.data["fn"](mean) - threshold)
         at_mean = margin > 0 if strict else margin >= 0
-        lower, upper_ends, _ = level_set_intervals(y.data["fn"], threshold, sign, mean, var, strict=strict)
+        lower, upper_ends, dropped = level_set_intervals(y.data["fn"], threshold, sign, mean, var,
+                                                         strict=strict)
         self.note(f"{where}: a comparison of an elementwise function of unknown direction, decided on its "
-                  f"Gaussian input as up to {LEVEL_SET_SLOTS} intervals per unit")
+                  f"Gaussian input as up to {LEVEL_SET_SLOTS} intervals per unit (diagnostics["
+                  "'level_set_dropped_intervals'] counts any beyond)")
         probability = interval_probability(lower, upper_ends, mean, var, at_mean)
-        return Threshold(base, threshold, upper, shape, probability=probability)
+        return Threshold(base, threshold, upper, shape, probability=probability, dropped_intervals=dropped)
 
     def _tail(self, detector: Threshold) -> dict[str, Any]:
         from ppl_mech.tails import saddlepoint_tail_from_cumulants
@@ -405,7 +408,8 @@ class CumulantInterpreter:
         if detector.probability is not None:
             p = detector.probability
             return {"value": p, "stderr": jnp.zeros_like(p), "log_probability": jnp.log(p),
-                    "tail_status": jnp.zeros(detector.shape, jnp.int32)}
+                    "tail_status": jnp.zeros(detector.shape, jnp.int32),
+                    "level_set_dropped_intervals": detector.dropped_intervals}
 
         message = self.message(detector.handle, through=max(self.order, 2))
         k = max(self.order, 2)

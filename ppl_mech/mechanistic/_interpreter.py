@@ -384,6 +384,12 @@ class Interpreter:
             sign = 1 if name == "argmax" else -1  # argmin(x) is argmax(-x)
             return [Handle(out_aval.shape, out_aval.dtype, "argmax",
                            {"source": x, "axis": eqn.params["axes"][0], "sign": sign}, where)]
+        if is_bool and "two_point" in kinds and self.state.family != "gaussian":
+            raise UnsupportedPrimitiveError(
+                f"{where}: {name!r} combines a boolean (a two-point law) with a random value that is not "
+                f"one ({sorted(kinds - {'two_point'})}); the {self.state.family} family has no rule for "
+                "it; estimate this model with handlers.sample or handlers.importance"
+            )
         if is_bool and "two_point" in kinds:
             raise UnsupportedPrimitiveError(
                 f"{where}: {name!r} combines two-point booleans (detectors on discrete sites); the "
@@ -441,7 +447,7 @@ class Interpreter:
         if eqn.outvars[0] not in self.predicate_only or not same_shape(eqn):
             return False
         if name in COMPARISONS or name in ("eq", "ne"):
-            return all(values[i].kind in ("lazy", "moments") for i in random)
+            return True
         return name in BOOLEAN_COMBINERS and all(values[i].kind == "lazy" for i in random)
 
     # --- deferred blocks (see _deferred) -------------------------------------------------

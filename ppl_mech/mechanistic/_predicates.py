@@ -43,8 +43,11 @@ def predicate_only_vars(jaxpr, call_params: dict[str, str]) -> set:
     def predicate_use(eqn, position, found) -> bool:
         name = eqn.primitive.name
         if name in BOOLEAN_COMBINERS and eqn.outvars[0] in found and \
-                all(getattr(v.aval, "dtype", None) == jnp.bool_ for v in eqn.invars):
-            return True  # combined with other predicates first: jnp.mod's (r != 0) & ((r < 0) != (d < 0))
+                all(getattr(v.aval, "dtype", None) == jnp.bool_ for v in eqn.invars) and \
+                all(v in found for v in eqn.invars if not isinstance(v, Literal)):
+            # combined with other predicates only: jnp.mod's (r != 0) & ((r < 0) != (d < 0)); not
+            # ev & (x > 0) with ev a reported detector, where x > 0 stays an event
+            return True
         return (name == "select_n" and position == 0) or inner_only(eqn, position)
 
     # the largest set closed under "every use is a predicate use": shrink from every candidate
