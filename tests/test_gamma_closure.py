@@ -12,22 +12,21 @@ from ppl_mech import handlers
 from ppl_mech.mechanistic._gamma_closure import gamma_quantile_of_normal
 
 
-@pytest.mark.parametrize("shape", [0.5, 1.0, 3.0, 30.0])
-def test_gamma_quantile_of_normal_and_its_gradients(shape):
-    z = jnp.array([-5.0, -2.0, -0.5, 0.0, 0.7, 2.0, 5.0])
-    zf = np.asarray(z, float)
-    below, above = stats.gamma.ppf(stats.norm.cdf(zf), shape), stats.gamma.isf(stats.norm.sf(zf), shape)
+def test_gamma_quantile_of_normal_and_its_gradients():
+    shapes = np.array([0.5, 1.0, 3.0, 30.0])[:, None]
+    zf = np.array([-5.0, -2.0, -0.5, 0.0, 0.7, 2.0, 5.0])[None, :]
+    below, above = stats.gamma.ppf(stats.norm.cdf(zf), shapes), stats.gamma.isf(stats.norm.sf(zf), shapes)
     want = np.where(zf <= 0, below, above)
-    x = gamma_quantile_of_normal(z, jnp.full(z.shape, shape))
+    z, k = jnp.broadcast_arrays(jnp.asarray(zf, jnp.float32), jnp.asarray(shapes, jnp.float32))
+    x = gamma_quantile_of_normal(z, k)
     np.testing.assert_allclose(np.asarray(x), want, rtol=1e-4)
-    dz = jax.vmap(jax.grad(lambda u: gamma_quantile_of_normal(u, jnp.asarray(shape))))(z)
-    np.testing.assert_allclose(np.asarray(dz), stats.norm.pdf(zf) / stats.gamma.pdf(want, shape), rtol=1e-3)
-    grad_shape = jax.grad(lambda k, u: gamma_quantile_of_normal(u, k))
-    dk = jax.vmap(grad_shape, in_axes=(None, 0))(jnp.asarray(shape), z)
-    h = 1e-4 * shape
-    fd = (stats.gamma.ppf(stats.norm.cdf(zf[1:-1]), shape + h)
-          - stats.gamma.ppf(stats.norm.cdf(zf[1:-1]), shape - h)) / (2 * h)
-    np.testing.assert_allclose(np.asarray(dk)[1:-1], fd, rtol=1e-3)
+    grad = jax.vmap(jax.grad(gamma_quantile_of_normal, argnums=(0, 1)))
+    dz, dk = (np.reshape(g, z.shape) for g in grad(jnp.ravel(z), jnp.ravel(k)))
+    np.testing.assert_allclose(dz, stats.norm.pdf(zf) / stats.gamma.pdf(want, shapes), rtol=1e-3)
+    h = 1e-4 * shapes
+    cdf = stats.norm.cdf(zf)
+    fd = (stats.gamma.ppf(cdf, shapes + h) - stats.gamma.ppf(cdf, shapes - h)) / (2 * h)
+    np.testing.assert_allclose(dk[:, 1:-1], fd[:, 1:-1], rtol=1e-3)
 
 
 def _chi_square_model(t):
@@ -53,8 +52,12 @@ def test_a_central_chi_square_is_exact(family):
     np.testing.assert_allclose(float(r["norm_above"].value), tail, rtol=1e-3)
     np.testing.assert_allclose(float(r["square_above"].value), tail, rtol=1e-3)
     assert any("Gamma law" in note for note in r["norm_above"].notes)
-    grad = jax.grad(lambda s: handlers.mechanize(_chi_square_model, family=family)(s)["norm_above"].value)(t)
-    np.testing.assert_allclose(float(grad), -2 * t * stats.chi2.pdf(t * t, 4), rtol=1e-3)
+    if family == "diagonal":  # once: the gaussian family's gradient compiles for ~15 s more
+        def p(s):
+            r = handlers.mechanize(_chi_square_model, family=family, sites=["norm_above"])(s)
+            return r["norm_above"].value
+
+        np.testing.assert_allclose(float(jax.grad(p)(t)), -2 * t * stats.chi2.pdf(t * t, 4), rtol=1e-3)
 
 
 def test_a_norm_of_correlated_affine_gaussians_is_close():

@@ -190,7 +190,7 @@ def test_a_monotone_chain_of_a_traced_scale_is_decided_on_its_input(options):
     np.testing.assert_allclose(float(grad_t), -stats.norm.pdf(5.2) / (a * (1 - t * t)), rtol=1e-3)
 
 
-@pytest.mark.parametrize("options", [{"family": "cumulant", "order": 2}, {"family": "cumulant", "order": 4}])
+@pytest.mark.parametrize("options", [{"family": "cumulant", "order": 2}])
 def test_a_relu_chain_scaled_by_a_traced_factor_is_decided_on_its_input(options):
     """``a * relu(z) > t`` and ``tanh(a * relu(z)) > t`` with ``a`` traced: the chain's direction is
     unknown while tracing. The cumulant family took a closure tail under ``jax.grad`` (dP/da 0.247
