@@ -454,3 +454,20 @@ def test_slices_of_a_layer_that_meet_again_keep_one_joint_message():
         np.testing.assert_allclose(float(r["parts"].value), float(r["whole"].value), rtol=1e-5)
         np.testing.assert_allclose(float(r["parts"].diagnostics["variance"]),
                                    float(r["whole"].diagnostics["variance"]), rtol=1e-5)
+
+
+def test_an_explicit_leaky_relu_slope_stays_a_constant():
+    """``jax.nn.leaky_relu(z, 0.1)`` passes its slope into a jit call; evaluated there as a traced value,
+    the slope's sign was unknown, ``0.1 * z`` became a separate message, and the branch choice was
+    refused as "select_n with a random predicate". Constant-only equations are now evaluated
+    concretely (as the other families do), so the choice composes into one chain."""
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8)) / 3)
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([8]).to_event(1))
+        numpyro.deterministic("y", jax.nn.leaky_relu(x @ w, 0.1))
+
+    r = handlers.mechanize(model, family="cumulant", order=2)()
+    sd = np.linalg.norm(np.asarray(w), axis=0)
+    want = 0.9 * sd * stats.norm.pdf(0.0)  # E leaky(z) = E relu(z) + 0.1 E min(z, 0) = 0.9 sd / sqrt(2 pi)
+    np.testing.assert_allclose(np.asarray(r["y"].value), want, rtol=1e-4)

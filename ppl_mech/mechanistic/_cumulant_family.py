@@ -218,7 +218,11 @@ class CumulantInterpreter:
             if top_level:
                 self.notebook.at = i
             if not any(isinstance(x, Handle | Threshold) for x in values):
-                outs = bind_eqn(eqn, values)
+                if any(isinstance(x, jax.core.Tracer) for x in values):
+                    outs = bind_eqn(eqn, values)
+                else:  # constants stay concrete: a slope passed into jax.nn.leaky_relu keeps its sign
+                    with jax.ensure_compile_time_eval():
+                        outs = bind_eqn(eqn, values)
             elif eqn.primitive.name in CALL_JAXPR_PARAMS:
                 inner = eqn.params[CALL_JAXPR_PARAMS[eqn.primitive.name]]
                 sub, sub_consts = (inner.jaxpr, inner.consts) if hasattr(inner, "jaxpr") else (inner, [])
