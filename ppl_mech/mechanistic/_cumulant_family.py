@@ -198,7 +198,9 @@ class CumulantInterpreter:
         raise UnsupportedDistributionError(
             f"site {site.name!r}: family='cumulant' needs Gaussian inputs (Normal, "
             f"MultivariateNormal, LowRankMultivariateNormal), got {type(base).__name__}; "
-            "use family='gaussian' or 'diagonal', which moment-match other inputs"
+            "family='gaussian' or 'diagonal' moment-match the inputs they have messages for (Uniform, "
+            "Bernoulli, Categorical, ...; not every distribution), and handlers.sample or "
+            "handlers.importance take any"
         )
 
     # --- the walk -------------------------------------------------------------------------

@@ -208,6 +208,9 @@ def _restricts_domain(name: str, positions, operands) -> bool:
     """Whether the chain, after this op, is undefined on part of the line (sqrt, log, a random
     denominator, ...): its value at a Gaussian's far nodes can be NaN or infinite."""
     inherited = any(operands[i].kind == "lazy" and operands[i].data.get("domain") for i in positions)
+    if name == "log1p" and not inherited and all(
+            operands[i].kind == "lazy" and operands[i].data.get("nonnegative") for i in positions):
+        return False  # log1p of a nonnegative chain (softplus's log1p(exp(-|x|))) is defined everywhere
     return inherited or name in RESTRICTED_DOMAIN or (name == "div" and positions[-1] == 1) or (
         name == "pow" and positions[0] == 0)
 

@@ -35,8 +35,9 @@ GAMMA_NOTE = (
     "a nonnegative value (a sum of squares, a squared norm, an exp...) read again after moment "
     "matching is given a Gamma law of its mean and variance instead of a Gaussian (Satterthwaite; "
     "exact for a central chi-square; the norm of a 4-d affine Gaussian: mean 0.8% low, P(norm > 6) "
-    "8.5e-5 for 4.9e-4, where the Gaussian closure gave 1.6e-12; far tails of forms with unequal "
-    "directions stay light: check rare events with handlers.importance)"
+    "8.5e-5 for 4.9e-4, where the Gaussian closure gave 1.6e-12); its tails can still be far off "
+    "either way: too light for forms with unequal directions, 5x too heavy for norm(tanh(x @ W)) > t "
+    "in one sweep model; check rare events with handlers.importance"
 )
 
 

@@ -1267,6 +1267,12 @@ class Interpreter:
             return {"value": lo + p * (hi - lo), "stderr": jnp.zeros(value.shape)}
         if value.kind == "events":
             return self.event_probabilities(value)
+        if value.kind in ("argmax", "dropped-argmax"):
+            raise UnsupportedPrimitiveError(
+                f"{where}: the index of a random argmax/argmin has no expectation rule in the "
+                f"{self.state.family} family; report an event of it instead (jnp.argmax(o) == k, "
+                "decided exactly as a polytope), or estimate it with handlers.sample"
+            )
         raise UnsupportedPrimitiveError(f"{where}: cannot report a {value.kind} value")
 
     def event_probabilities(self, h: Handle) -> dict[str, Any]:
