@@ -426,8 +426,8 @@ def _union(polys, mean, cov, key, num_samples) -> PolytopeProbability:
         plans, mus, Es = jax.vmap(proposal)(As, bs)
         xs, own = jax.vmap(draw)(plans, mus, Es, keys[jnp.asarray(members)])
         stacked.append((members, As, plans, mus, xs, own))
-    order = [k for members, *_ in stacked for k in members]
-    xs = jnp.concatenate([g[4] for g in stacked])  # (K, n, per) in ``order``
+    # strata in group order, not the caller's: they are exchangeable in the estimate
+    xs = jnp.concatenate([g[4] for g in stacked])  # (K, n, per)
     own = jnp.concatenate([g[5] for g in stacked])  # (K, per)
     points = jnp.reshape(jnp.moveaxis(xs, 1, 0), (n, K * per)) - mean[:, None]
 
@@ -441,7 +441,6 @@ def _union(polys, mean, cov, key, num_samples) -> PolytopeProbability:
     log_w = -(jax.nn.logsumexp(ratios, axis=0) - math.log(K))
     log_ws = jnp.reshape(jnp.where(in_union, log_w, -jnp.inf), (K, per))
     valid = jnp.all(jnp.concatenate([jnp.atleast_1d(g[2].valid) for g in stacked]))
-    del order  # strata are exchangeable: their order does not enter the estimate
 
     # stratified mean and standard error
     summaries = jax.vmap(summarize_log_weights)(log_ws)

@@ -42,7 +42,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro.distributions as dist
 from jax.extend.core import Literal
 
@@ -51,7 +50,7 @@ from ppl_mech._bind import bind_eqn
 from ppl_mech._capture import LatentSite, live_equation_indices
 from ppl_mech._errors import UnsupportedDistributionError, UnsupportedPrimitiveError
 
-from ._data_movement import moved_units, rebased_chain
+from ._data_movement import movable_chain_units, rebased_chain
 from ._elementwise import (
     CLOSURE_INPUT_NOTE,
     STAIRS_NOTE,
@@ -325,15 +324,11 @@ class CumulantInterpreter:
         layer sliced into parts that meet again (``h[:5] @ a + h[5:] @ b``) keeps one joint
         message.
         """
+        units = movable_chain_units(eqn, values, position)
+        if units is None:
+            return None
         h = values[position]
-        if h.kind != "lazy" or h.data["structure"][0] == "affine":
-            return None
         base = h.data["base"]
-        if tuple(base.shape) != tuple(h.shape):
-            return None
-        units = moved_units(eqn, values, position)
-        if units is None or np.unique(units).size != units.size:
-            return None
         moved_values = list(values)
         moved_values[position] = base
         moved_base = self._affine_step(eqn, moved_values, [position], where)

@@ -46,6 +46,20 @@ def moved_units(eqn, values, position: int) -> np.ndarray | None:
         return np.asarray(jnp.reshape(moved, (-1,))).astype(np.int64)
 
 
+def movable_chain_units(eqn, values, position: int) -> np.ndarray | None:
+    """:func:`moved_units` of ``eqn`` when it moves a non-affine lazy chain unit for unit (its base
+    has its shape, no unit repeats); else None (nothing to keep lazy: an affine chain is exact
+    either way, a broadcast repeats units)."""
+    h = values[position]
+    if h.kind != "lazy" or h.data["structure"][0] == "affine" or \
+            tuple(h.data["base"].shape) != tuple(h.shape):
+        return None
+    units = moved_units(eqn, values, position)
+    if units is None or np.unique(units).size != units.size:
+        return None
+    return units
+
+
 def rebased_chain(data: dict, units: np.ndarray, in_shape, out_shape, fill) -> dict:
     """A lazy chain's data (``fn``, ``structure``, jumps...) re-based on the moved units of its base.
 

@@ -28,7 +28,7 @@ from ppl_mech._errors import UnsupportedPrimitiveError
 from . import _categorical as categorical
 from . import _deferred as deferred
 from . import _events as events
-from ._data_movement import STRUCTURAL, moved_units, rebased_chain
+from ._data_movement import STRUCTURAL, movable_chain_units, moved_units, rebased_chain
 from ._elementwise import (
     compose,
     force,
@@ -569,15 +569,12 @@ class Interpreter:
         (exact either way) or movement that repeats units (a broadcast).
         """
         h = values[position]
-        if h.kind != "lazy" or h.data["structure"][0] == "affine" or \
-                (h.data["structure"][0] == "closed" and h.data["structure"][2] == "relu"):
+        if h.kind == "lazy" and h.data["structure"][0] == "closed" and h.data["structure"][2] == "relu":
+            return None
+        units = movable_chain_units(eqn, values, position)
+        if units is None:
             return None
         base = h.data["base"]
-        if tuple(base.shape) != tuple(h.shape):
-            return None
-        units = moved_units(eqn, values, position)
-        if units is None or np.unique(units).size != units.size:
-            return None
         moved_values = list(values)
         moved_values[position] = base
         moved_base = self.apply(eqn, moved_values)[0]
