@@ -750,7 +750,7 @@ def test_jnp_mod_is_an_elementwise_function(family, options):
 def test_a_random_choice_between_values_names_what_has_a_rule():
     def model():
         x = numpyro.sample("x", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-        numpyro.deterministic("c", jnp.where(x[0] > x[1], x[0], x[1]))
+        numpyro.deterministic("c", jnp.where(x[0] > x[1], x[0], 2.0 * x[1]))  # not max(x0, x1)
 
     with pytest.raises(UnsupportedPrimitiveError, match=r"predicate compares the one input"):
         handlers.mechanize(model, family="gaussian")()

@@ -46,6 +46,19 @@ def moved_units(eqn, values, position: int) -> np.ndarray | None:
         return np.asarray(jnp.reshape(moved, (-1,))).astype(np.int64)
 
 
+def joint_moved_units(move, operands) -> np.ndarray:
+    """For data movement of several random operands (``jnp.stack([a, b])``, a concatenation):
+    each output unit's index into the operands' flat units laid end to end.
+
+    ``move(*arrays)`` is the movement with its constant operands closed over.
+    """
+    with jax.ensure_compile_time_eval():
+        offsets = np.cumsum([0] + [h.size for h in operands])
+        units = [jnp.arange(o, o + h.size, dtype=jnp.float32).reshape(h.shape)
+                 for o, h in zip(offsets, operands, strict=False)]
+        return np.asarray(jnp.reshape(move(*units), (-1,))).astype(np.int64)
+
+
 def movable_chain_units(eqn, values, position: int) -> np.ndarray | None:
     """:func:`moved_units` of ``eqn`` when it moves a non-affine lazy chain unit for unit (its base
     has its shape, no unit repeats); else None (nothing to keep lazy: an affine chain is exact

@@ -28,7 +28,7 @@ from ppl_mech._errors import UnsupportedPrimitiveError
 from . import _categorical as categorical
 from . import _deferred as deferred
 from . import _events as events
-from ._data_movement import STRUCTURAL, movable_chain_units, moved_units, rebased_chain
+from ._data_movement import STRUCTURAL, joint_moved_units, movable_chain_units, moved_units, rebased_chain
 from ._elementwise import (
     compose,
     force,
@@ -73,6 +73,9 @@ def _keeps_its_rule_forced(h: Handle) -> bool:
 EXTREMA = {"reduce_max": "reduce_max", "reduce_min": "reduce_min",
            "reduce_window_max": "reduce_max", "reduce_window_min": "reduce_min"}
 """Reductions whose threshold is any/all of their units' thresholds, and which of max/min each is."""
+
+PAIRWISE_EXTREMA = {"max": "reduce_max", "min": "reduce_min"}
+"""Elementwise ``max(a, b)`` / ``min(a, b)``: a threshold of one is any/all of the pair's."""
 
 
 def extremum_groups(eqn, shape) -> np.ndarray | None:
@@ -159,6 +162,16 @@ PREIMAGE_LOST = (
     "pre-activation"
 )
 
+def same_value(a: Handle, b: Handle) -> bool:
+    """Whether two handles are one value: the same handle, or the same units of one value
+    (``x[0]`` sliced twice; ``units_of``)."""
+    if a is b:
+        return True
+    ua, ub = a.data.get("units_of"), b.data.get("units_of")
+    return ua is not None and ub is not None and ua[0] == ub[0] and np.array_equal(ua[1], ub[1]) \
+        and tuple(a.shape) == tuple(b.shape)
+
+
 class _Synthetic:
     """An equation-like record for rules called on a rewritten operation (``max(x) > t`` -> ``any``)."""
 
@@ -211,7 +224,7 @@ class Interpreter:
             value.kind = "dropped-deferred"
             self.release_roots(value.data["roots"])
             if "extremum" in value.data:
-                self.release(value.data.pop("extremum")[1])
+                self.release_sources(value.data.pop("extremum")[1])
         if value.kind == "moments" and "provenance" in value.data:
             self.release_provenance(value.data.pop("provenance"))
         view = value.data.pop("view", None)  # a separate forced view (lazy, deferred, categorical)
@@ -364,6 +377,9 @@ class Interpreter:
             kinds = {values[i].kind for i in random}
             if kinds == {"two_point"}:  # booleans of independent tokens: exact product rules
                 return [self.discrete(eqn, values, random, where, independent=independent)]
+        extremum = self.choice_of_the_larger(eqn, values, random)
+        if extremum is not None:  # jnp.where(a > b, a, b) is max(a, b)
+            return self.apply(extremum, [values[1], values[2]])
         if kinds & {"events", "argmax"} or (kinds == {"two_point"} and self.state.family != "gaussian"):
             return [self.discrete(eqn, values, random, where)]
         if (name == "select_n" and 0 in random and values[0].kind == "two_point"
@@ -377,7 +393,10 @@ class Interpreter:
             if chained is not None:
                 return [chained]
         if name in COMPARISONS or name in ("eq", "ne"):
-            return [self.compare(eqn, values, random, where)]
+            out = self.compare(eqn, values, random, where)
+            if name in COMPARISONS and len(random) == 2 and eqn.outvars[0] in self.predicate_only:
+                out.data["compared"] = (name, values[0], values[1])  # read by choice_of_the_larger
+            return [out]
         if name in ARG_EXTREMA:
             x = self.moments(values[0], where)
             self.hold(x)  # released when the argmax handle is dropped
@@ -423,10 +442,12 @@ class Interpreter:
             return [self.product(values[random[0]], values[random[1]], where)]
         if name in LINEAR_PRIMITIVES:
             out = linear_rule(self.state, eqn, values, random, where)
-            wanted = len(random) == 1 and ("preimage" in values[random[0]].data
-                                           or self.state.family == "gaussian")
-            moved = moved_units(eqn, values, random[0]) if wanted else None
+            moved = moved_units(eqn, values, random[0]) if len(random) == 1 else None
             self.carry_preimage(eqn, values, random, out, moved)
+            if len(random) > 1 and name in STRUCTURAL and \
+                    set(range(len(values))) - set(random) <= set(self._index_ops(eqn)):
+                operands = [values[i] for i in random]
+                self.carry_joint_preimage(bind_with(eqn, values, random), operands, out, where)
             self.carry_units(values, random, out, moved)
             if keeps_nonnegative(eqn, values, random):
                 out.data["nonnegative"] = True
@@ -526,6 +547,14 @@ class Interpreter:
                 self.hold(source)
                 axes = tuple(eqn.params["axes"]) if "axes" in eqn.params else None
                 outs[0].data["extremum"] = (EXTREMA[name], source, axes, groups)
+        elif name in PAIRWISE_EXTREMA and self.compares_like_a_reduction(eqn, values, random):
+            # max(a, b) > t is (a > t) | (b > t): the pair is kept, stacked when compared
+            pair = tuple(values[i] for i in random)
+            for h in pair:
+                self.hold(h)
+            shape = tuple(outs[0].shape)
+            groups = np.arange(2 * math.prod(shape)).reshape(shape + (2,))
+            outs[0].data["extremum"] = (PAIRWISE_EXTREMA[name], pair, None, groups)
         elif name in STRUCTURAL and len(random) == 1 and "extremum" in values[random[0]].data:
             self.carry_extremum(eqn, values, random[0], outs[0])
         if note:
@@ -550,7 +579,7 @@ class Interpreter:
         self.state.become(h, new)
         self.release_roots(roots)
         if extremum is not None:
-            self.release(extremum[1])
+            self.release_sources(extremum[1])
         return h
 
     def linearized(self, h: Handle) -> Handle:
@@ -588,11 +617,61 @@ class Interpreter:
         ``index``: :func:`moved_units` of the equation. Comparisons use it to see that
         ``o[0] > a`` and ``o[0] < b`` (two slices) are one scalar.
         """
-        if index is None or self.state.family != "gaussian":
+        if index is None:
             return
         source = values[random[0]]
         root, units = source.data.get("units_of", (source.id, np.arange(source.size)))
         out.data["units_of"] = (root, units[index])
+
+    @staticmethod
+    def compares_like_a_reduction(eqn, values, random) -> bool:
+        """``max(a, b)`` / ``min(a, b)`` of two random arrays of the output's shape, messages or chains."""
+        shape = tuple(eqn.outvars[0].aval.shape)
+        return len(random) == 2 and all(
+            values[i].kind in ("moments", "lazy") and tuple(values[i].shape) == shape for i in random)
+
+    def release_sources(self, sources) -> None:
+        """Release an extremum's source: one handle, or the pair of a binary max/min."""
+        for h in sources if isinstance(sources, tuple) else (sources,):
+            self.release(h)
+
+    def stacked_pair(self, pair: tuple[Handle, Handle], where: str) -> Handle:
+        """``jnp.stack([a, b], -1)`` of a binary max/min's operands, as one message."""
+        a, b = (self.moments(h, where) for h in pair)
+
+        def stack(u, v):
+            return jnp.stack([u, v], axis=-1)
+
+        out = affine_image(self.state, stack, [a, b], where, stack)
+        self.refs[out.id] = 1
+        self.carry_joint_preimage(stack, [a, b], out, where)
+        return out
+
+    @staticmethod
+    def choice_of_the_larger(eqn, values, random):
+        """A ``max``/``min`` equation for ``select_n(a > b, ...)`` that picks ``a`` or ``b`` themselves.
+
+        ``jnp.where(a > b, a, b)`` is ``max(a, b)`` and ``jnp.where(a > b, b, a)`` is ``min(a, b)``
+        (likewise for ``<``, ``>=``, ``<=``); the comparison left a record of its operands.
+        ``None`` for any other choice.
+        """
+        if eqn.primitive.name != "select_n" or len(values) != 3 or random != [0, 1, 2]:
+            return None
+        compared = values[0].data.get("compared")
+        if compared is None or any(values[i].kind not in ("moments", "lazy") for i in (1, 2)):
+            return None
+        name, x, y = compared
+        larger, smaller = (x, y) if name in ("gt", "ge") else (y, x)  # the larger one where True
+        if same_value(values[2], larger) and same_value(values[1], smaller):
+            primitive = jax.lax.max
+        elif same_value(values[2], smaller) and same_value(values[1], larger):
+            primitive = jax.lax.min
+        else:
+            return None
+        avals = [jax.core.ShapedArray(tuple(values[i].shape), values[i].dtype) for i in (1, 2)]
+        if avals[0] != avals[1] or avals[0].shape != tuple(eqn.outvars[0].aval.shape):
+            return None
+        return jax.make_jaxpr(primitive)(*avals).eqns[0].replace(source_info=eqn.source_info)
 
     def carry_extremum(self, eqn, values, position: int, out: Handle) -> None:
         """Let a data-movement primitive on a max/min carry which source units each output unit maxes."""
@@ -601,7 +680,8 @@ class Interpreter:
         if index is None:
             return  # mixes in constants, or indices not known while tracing: the max stays a closure
         flat = groups.reshape(-1, groups.shape[-1])[index]
-        self.hold(source)
+        for h in source if isinstance(source, tuple) else (source,):
+            self.hold(h)
         out.data["extremum"] = (kind, source, None, flat.reshape(tuple(out.shape) + (groups.shape[-1],)))
 
     def compare_extremum(self, eqn, values, position: int, where: str) -> Handle:
@@ -625,7 +705,12 @@ class Interpreter:
             per_unit = self.compare(_Synthetic(unit_name, source.shape, jnp.bool_), [source, t], [0], where)
             return self.discrete(_Synthetic(reduce, out_aval.shape, jnp.bool_, axes=axes), [per_unit], [0],
                                  where)
-        gathered = self.gather_units(source, groups, where)
+        if isinstance(source, tuple):  # max(a, b): its groups index jnp.stack([a, b], -1)
+            stacked = self.stacked_pair(source, where)
+            gathered = self.gather_units(stacked, groups, where)
+            self.release(stacked)
+        else:
+            gathered = self.gather_units(source, groups, where)
         t = jnp.broadcast_to(t[..., None], groups.shape)
         per_unit = self.compare(_Synthetic(unit_name, groups.shape, jnp.bool_), [gathered, t], [0], where)
         self.release(gathered)
@@ -840,6 +925,38 @@ class Interpreter:
             return
         out.data["preimage"] = source.data["preimage"].select(index)
         self.hold(out.data["preimage"].base)
+
+    def carry_joint_preimage(self, move, operands: list[Handle], out: Handle, where: str) -> None:
+        """ReLU preimages through data movement of several values (``jnp.stack([relu(a), relu(b)])``).
+
+        The preimages' bases become one message (their concatenation, cross-covariances
+        included) and each output unit points into it. Nothing is carried unless every
+        operand has a preimage.
+        """
+        preimages = [h.data.get("preimage") for h in operands]
+        if any(p is None for p in preimages):
+            if any(p is not None for p in preimages):
+                why = "it joins ReLU units with other values"
+                self.state.note(PREIMAGE_LOST.format(where=where, why=why))
+            return
+        bases = list({id(p.base): p.base for p in preimages}.values())
+        if len(bases) == 1:
+            base = bases[0]
+            self.hold(base)
+        else:
+            flat = [self.moments(b, where) for b in bases]
+
+            def join(*zs):
+                return jnp.concatenate([jnp.reshape(z, (-1,)) for z in zs])
+
+            base = affine_image(self.state, join, flat, where, join)
+            self.refs[base.id] = 1  # held by the preimage
+        offsets = dict(zip((id(b) for b in bases), np.cumsum([0] + [b.size for b in bases]), strict=False))
+        joined = ReluPreimage(
+            base, np.concatenate([offsets[id(p.base)] + p.index for p in preimages]),
+            *(jnp.concatenate([jnp.reshape(getattr(p, f), (-1,)) for p in preimages])
+              for f in ("pre_scale", "pre_shift", "post_scale", "post_shift")))
+        out.data["preimage"] = joined.select(joint_moved_units(move, operands))
 
     def preimage_of(self, h: Handle) -> ReluPreimage | None:
         """``h`` as ``post(relu(pre(base)))`` per unit, if it is one (else ``None``)."""
